@@ -1,0 +1,48 @@
+"""Console entry points: compose the Hydra config, turn it into typed config, call into sft. Nothing else.
+
+User mistakes (SftError) print one message and exit 1 without a traceback; `debug=true` shows it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sft.config import register_configs, validate
+from sft.errors import ConfigError, SftError
+
+CONFIG_PATH = "pkg://sft.conf"
+register_configs()
+
+
+def typed(cfg: DictConfig) -> Any:
+    """DictConfig -> validated dataclass; every invalid value reported in one message."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {e.msg if hasattr(e, 'msg') else e}" if key else str(e)) from None
+    validate(obj)
+    return obj
+
+
+def run_command(command: Callable[[Any], Any], cfg: DictConfig) -> Any:
+    debug = bool(cfg.get("debug", False))
+    try:
+        return command(typed(cfg))
+    except SftError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="prepare", version_base="1.3")
+def prepare_main(cfg: DictConfig) -> None:
+    from sft.commands import run_prepare
+
+    run_command(run_prepare, cfg)

@@ -1,0 +1,27 @@
+"""What each command does, on typed config: the bodies behind the console scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sft.config import PrepareRunConfig
+from sft.data.inspect import render_example, summary_lines
+from sft.data.prepare import Prepared, prepare, write_prepared
+from sft.model import load_tokenizer
+
+
+def run_prepare(cfg: PrepareRunConfig) -> Prepared:
+    import datasets
+
+    datasets.disable_progress_bars()
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
+    out = write_prepared(prepared, cfg.out_dir)
+    for line in summary_lines(prepared.report):
+        print(line)
+    train = prepared.datasets["train"]
+    for i in range(min(cfg.inspect, len(train))):
+        print(f"\n--- train row {i} ({len(train[i]['input_ids'])} tokens; trained tokens highlighted) ---")
+        print(render_example(train[i]["input_ids"], train[i]["labels"], tokenizer, color=None))
+    print(f"\nwrote {Path(out) / 'dataset'} and {Path(out) / 'report.json'}")
+    return prepared

@@ -1,0 +1,46 @@
+"""Rows -> batch tensors.
+
+Padded batches pad on the right to the longest row; the attention mask comes from the row lengths, never
+from comparing ids with the pad id (pad == eos for many models, and the EOS is a real, trained token).
+Packed batches are flattened into one padding-free row; position_ids carry the example boundaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sft.data.tokenize import IGNORE_INDEX
+
+
+class PaddedCollator:
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(r["input_ids"])
+            labels[i, :n] = torch.as_tensor(r["labels"])
+            attention_mask[i, :n] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+class PackedCollator:
+    """Flatten packed rows into a [1, total] batch. No attention_mask: transformers then builds the
+    block-diagonal mask from position_ids (the model must run with use_cache=False)."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in ("input_ids", "labels", "position_ids"):
+            out[key] = torch.as_tensor([t for r in rows for t in r[key]], dtype=torch.long).unsqueeze(0)
+        return out
+
+
+def make_collator(packing: bool, pad_id: int) -> PaddedCollator | PackedCollator:
+    return PackedCollator() if packing else PaddedCollator(pad_id)

