@@ -1,0 +1,102 @@
+"""Loading records: every supported format, the Hub path, and one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sft.config import DataConfig
+from sft.data.load import load_records, split_records
+from sft.errors import DataError
+
+GOOD = [{"instruction": "a", "input": "b", "output": "c"}, {"instruction": "d", "output": "e"}]
+EXPECTED = [
+    {"id": 0, "instruction": "a", "input": "b", "output": "c"},
+    {"id": 1, "instruction": "d", "input": "", "output": "e"},
+]
+
+
+def cfg(**kw) -> DataConfig:
+    return DataConfig(path="unused", **kw)
+
+
+def test_json_jsonl_csv_parquet_give_the_same_records(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d.json").write_text(json.dumps(GOOD))
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in GOOD) + "\n\n")
+    (tmp_path / "d.csv").write_text("instruction,input,output\na,b,c\nd,,e\n")
+    pq.write_table(pa.Table.from_pylist([{"input": "b", **GOOD[0]}, {"input": None, **GOOD[1]}]), tmp_path / "d.parquet")
+    for name in ("d.json", "d.jsonl", "d.csv", "d.parquet"):
+        assert load_records(str(tmp_path / name), cfg()).records == EXPECTED, name
+
+
+def test_column_mapping_and_messages(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"q": "x", "a": "y"}) + "\n")
+    assert load_records(str(path), cfg(instruction_field="q", output_field="a")).records[0]["output"] == "y"
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    path.write_text(json.dumps({"conv": chat}) + "\n")
+    assert load_records(str(path), cfg(format="messages", messages_field="conv")).records == [{"id": 0, "messages": chat}]
+
+
+def test_hub_dataset_goes_through_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config, split):  # a local stand-in for the Hub
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list([{"instruction": "a", "input": "b", "output": "c"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    result = load_records("tatsu-lab/alpaca", cfg(split="train[:10]", hub_config="default"))
+    assert calls == [("tatsu-lab/alpaca", "default", "train[:10]")]
+    assert result.records == [EXPECTED[0]]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.jsonl", None, "missing.jsonl: file not found"),
+        ("bad.json", '[{"instruction": "a",\n "output": }]', "bad.json:2: malformed JSON"),
+        ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": \n', "bad.jsonl:2: malformed JSON line"),
+        ("nofield.jsonl", '{"instruction": "a"}\n', "nofield.jsonl:1: field 'output': missing"),
+        ("type.json", '[{"instruction": "a", "output": "b"}, {"instruction": 3, "output": "b"}]',
+         "type.json: record 1: field 'instruction': must be a string, got int"),
+        ("empty_out.jsonl", '{"instruction": "a", "output": "  "}\n', "empty_out.jsonl:1: field 'output': empty"),
+        ("empty.jsonl", "", "empty.jsonl: no usable records"),
+        ("notlist.json", '{"instruction": "a"}', "notlist.json: expected a JSON list"),
+        ("row.csv", "instruction,output\na,\n", "row.csv:2: row 0: field 'output': empty"),
+    ],
+)
+def test_bad_input_names_file_place_and_field(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError) as err:
+        load_records(str(path), cfg())
+    assert str(err.value).startswith(str(tmp_path / name))  # the full path, then the place and the field
+    assert message in str(err.value).replace(str(tmp_path) + "/", "")
+
+
+def test_skip_counts_bad_records_and_keeps_the_first_problems(tmp_path):
+    lines = ['{"instruction": "a", "output": "b"}', "{oops", '{"instruction": "c", "output": 5}', '{"instruction": "d", "output": "e"}']
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = load_records(str(path), cfg(on_bad_record="skip"))
+    assert [r["id"] for r in result.records] == [0, 3]
+    assert result.bad == 2
+    assert "d.jsonl:2: malformed JSON line" in result.bad_examples[0]
+    assert "d.jsonl:3: field 'output': must be a string" in result.bad_examples[1]
+
+
+def test_split_is_seeded_and_disjoint():
+    records = [{"id": i, "instruction": "x", "input": "", "output": "y"} for i in range(20)]
+    train, held = split_records(records, 0.25, seed=3)
+    assert len(held) == 5 and len(train) == 15
+    assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
+    assert split_records(records, 0.25, seed=3) == (train, held)
+    assert split_records(records, 0.25, seed=4)[1] != held

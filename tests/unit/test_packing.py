@@ -1,0 +1,69 @@
+"""Best-fit-decreasing packing: whole examples, near the lower bound, boundaries in position_ids and labels."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from sft.data.collate import PackedCollator
+from sft.data.packing import best_fit_decreasing, concat_examples, pack_examples, packing_stats
+from sft.data.tokenize import IGNORE_INDEX as X
+
+
+def example(n: int, start: int, prompt: int = 1) -> dict:
+    ids = list(range(start, start + n))
+    return {"input_ids": ids, "labels": [X] * prompt + ids[prompt:]}
+
+
+def test_the_drawing_in_the_docstring():
+    a, b, c = example(3, 10), example(2, 20), example(3, 30)
+    row = concat_examples([a, b, c])
+    assert row["input_ids"] == [10, 11, 12, 20, 21, 30, 31, 32]
+    assert row["position_ids"] == [0, 1, 2, 0, 1, 0, 1, 2]
+    assert row["labels"] == [X, 11, 12, X, 21, X, 31, 32]
+
+
+def test_first_label_of_every_example_is_masked_even_when_trained():
+    a, b = example(2, 10, prompt=0), example(2, 20, prompt=0)  # train_on_source: every label set
+    assert concat_examples([a, b])["labels"] == [X, 11, X, 21]
+
+
+def test_best_fit_decreasing_small_case():
+    # 6 -> new bin 0 (room 4); 5 -> new bin 1 (room 5); 4 -> bin 0 (the tighter fit; full);
+    # 3 -> bin 1 (room 2); 2 -> bin 1 (full); 1 -> new bin 2
+    assert best_fit_decreasing([3, 6, 2, 5, 4, 1], capacity=10) == [[1, 4], [3, 0, 2], [5]]
+    with pytest.raises(ValueError):
+        best_fit_decreasing([11], capacity=10)
+
+
+def test_realistic_lengths_pack_within_one_row_of_the_lower_bound():
+    rng = random.Random(0)
+    lengths = [max(8, int(rng.lognormvariate(4.6, 0.7))) for _ in range(3000)]  # Alpaca-like: median ~100
+    for capacity in (512, 1024, 2048):
+        fitting = [n for n in lengths if n <= capacity]
+        bins = best_fit_decreasing(fitting, capacity)
+        assert sorted(i for b in bins for i in b) == list(range(len(fitting)))  # each example exactly once
+        assert all(sum(fitting[i] for i in b) <= capacity for b in bins)
+        assert len(bins) <= math.ceil(sum(fitting) / capacity) + 1
+
+
+def test_pack_is_deterministic_per_seed_and_keeps_every_token():
+    rng = random.Random(1)
+    examples = [example(rng.randint(3, 40), 100 * i) for i in range(60)]
+    rows = pack_examples(examples, 64, seed=7)
+    assert rows == pack_examples(examples, 64, seed=7)
+    assert rows != pack_examples(examples, 64, seed=8)  # same bins, another row order
+    assert sorted(t for r in rows for t in r["input_ids"]) == sorted(t for e in examples for t in e["input_ids"])
+    stats = packing_stats(rows, 64)
+    assert stats["rows"] <= stats["lower_bound_rows"] + 1 and stats["efficiency"] > 0.9
+
+
+def test_packed_collator_flattens_rows_without_attention_mask():
+    rows = [concat_examples([example(3, 10)]), concat_examples([example(2, 20), example(2, 30)])]
+    batch = PackedCollator()(rows)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 20, 21, 30, 31]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1]]
+    assert batch["labels"].tolist() == [[X, 11, 12, X, 21, X, 31]]

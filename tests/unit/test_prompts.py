@@ -1,0 +1,62 @@
+"""Templates: Alpaca verbatim, the tokenizer's chat template, custom; generation sees the training prompt."""
+
+from __future__ import annotations
+
+import pytest
+
+from sft.config import PromptConfig
+from sft.data.prompts import build_segments, chat_segments, render_prompt
+from sft.errors import DataError
+
+WITH_INPUT = {"id": 0, "instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
+NO_INPUT = {"id": 1, "instruction": "Say hi.", "input": "", "output": "Hi!"}
+
+
+def test_alpaca_templates_are_the_published_ones(char_tokenizer):
+    assert render_prompt(WITH_INPUT, PromptConfig(), char_tokenizer) == (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:"
+    )
+    assert render_prompt(NO_INPUT, PromptConfig(), char_tokenizer) == (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nSay hi.\n\n### Response:"
+    )
+
+
+def test_segments_are_prompt_then_answer(char_tokenizer):
+    segments = build_segments(WITH_INPUT, PromptConfig(), char_tokenizer)
+    assert [(s.text, s.trained) for s in segments] == [(render_prompt(WITH_INPUT, PromptConfig(), char_tokenizer), False), ("5", True)]
+
+
+def test_custom_template_keeps_braces_in_the_data(char_tokenizer):
+    cfg = PromptConfig(name="custom", template_input="I: {instruction} [{input}] =>", template_no_input="I: {instruction} =>")
+    record = {"id": 0, "instruction": "Print {x}", "input": "{input}", "output": "ok"}
+    assert render_prompt(record, cfg, char_tokenizer) == "I: Print {x} [{input}] =>"
+
+
+def test_chat_template_trains_each_assistant_turn(smollm2_tokenizer):
+    msgs = [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you."},
+    ]
+    segments = chat_segments(msgs, smollm2_tokenizer, "<|im_end|>")
+    assert [s.text for s in segments if s.trained] == ["Hello!", "See you."]
+    assert segments[0].text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert segments[2].text == "\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+    # segments + end-of-turn tokens rebuild the template's own rendering exactly
+    rebuilt = "".join(s.text + ("<|im_end|>" if s.trained else "") for s in segments)
+    assert smollm2_tokenizer.apply_chat_template(msgs, tokenize=False).startswith(rebuilt)
+
+
+def test_chat_prompt_for_generation_and_system_message(smollm2_tokenizer):
+    cfg = PromptConfig(name="chat", system="Be brief.")
+    prompt = render_prompt(NO_INPUT, cfg, smollm2_tokenizer)
+    assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+    assert build_segments(NO_INPUT, cfg, smollm2_tokenizer)[0].text == prompt
+
+
+def test_chat_template_with_another_end_of_turn_is_refused(smollm2_tokenizer):
+    with pytest.raises(DataError, match="prompt.end_of_turn"):
+        chat_segments([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], smollm2_tokenizer, "</s>")
