@@ -41,3 +41,21 @@ def test_boundary_mismatch_is_counted_and_labels_stay_exact(smollm2_tokenizer):
     (ex,), _, stats = tokenize_examples([build_segments(r, cfg, tok) for r in records], tok, "<|im_end|>", 64)
     assert stats.boundary_mismatches == 1
     assert tok.decode([t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX]) == "yes<|im_end|>"
+
+
+def test_windowed_boundary_check_agrees_with_whole_string_tokenization(smollm2_tokenizer):
+    from sft.data.tokenize import boundary_mismatches, encode
+
+    tok = smollm2_tokenizer
+    outputs = ["yes", " yes", "\nyes", "  two spaces", "123", ":)", "-> arrow", "Ünïcödé", "\n\n- a list", "x" * 80, "'quoted'"]
+    templates = ["Q: {instruction}\nA:", "Q: {instruction}\nA: ", "Q: {instruction}\nA:\n", "Q: {instruction} =>"]
+    count, records = 0, []
+    for t in templates:
+        cfg = PromptConfig(name="custom", template_input=t + "{input}", template_no_input=t)
+        for out in outputs:
+            segs = build_segments({"id": 0, "instruction": "Say it " * 10, "input": "", "output": out}, cfg, tok)
+            records.append(segs)
+            whole = encode(tok, [segs[0].text + segs[1].text])[0]
+            count += whole != encode(tok, [segs[0].text])[0] + encode(tok, [segs[1].text])[0]
+    assert count > 5  # the cases do hit the boundary effect
+    assert boundary_mismatches(records, tok) == count
