@@ -46,3 +46,33 @@ def prepare_main(cfg: DictConfig) -> None:
     from sft.commands import run_prepare
 
     run_command(run_prepare, cfg)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+def train_main(cfg: DictConfig) -> None:
+    from sft.commands import run_train
+
+    status = run_command(run_train, cfg)
+    if status:  # preempted: a checkpoint was saved; rerunning the same command resumes
+        sys.exit(status)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="merge", version_base="1.3")
+def merge_main(cfg: DictConfig) -> None:
+    from sft.commands import run_merge
+
+    run_command(run_merge, cfg)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="generate", version_base="1.3")
+def generate_main(cfg: DictConfig) -> None:
+    from sft.generate import run_generate
+
+    run_command(run_generate, cfg)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
+def eval_main(cfg: DictConfig) -> None:
+    from sft.evaluate import run_eval
+
+    run_command(run_eval, cfg)

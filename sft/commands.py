@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sft.config import PrepareRunConfig
+from sft.config import MergeRunConfig, PrepareRunConfig, TrainRunConfig
 from sft.data.inspect import render_example, summary_lines
 from sft.data.prepare import Prepared, prepare, write_prepared
 from sft.model import load_tokenizer
@@ -25,3 +25,16 @@ def run_prepare(cfg: PrepareRunConfig) -> Prepared:
         print(render_example(train[i]["input_ids"], train[i]["labels"], tokenizer, color=None))
     print(f"\nwrote {Path(out) / 'dataset'} and {Path(out) / 'report.json'}")
     return prepared
+
+
+def run_train(cfg: TrainRunConfig) -> int:
+    """The exit status: 0 (trained, or already finished) or checkpoint.EXIT_PREEMPTED."""
+    from sft.train import train
+
+    return train(cfg)
+
+
+def run_merge(cfg: MergeRunConfig) -> Path:
+    from sft.merge import merge
+
+    return merge(cfg)

@@ -136,6 +136,7 @@ class TrainConfig:
     logging_steps: int = 1  # log metrics every N optimizer steps
     save_steps: int = 50  # checkpoint every N optimizer steps
     save_total_limit: int = 2  # keep the newest N checkpoints
+    eval_at_start: bool = True  # evaluate before the first step, so the run records the eval loss before training
 
     def problems(self, key: str) -> list[str]:
         out = []
@@ -189,6 +190,11 @@ class GenerationConfig:
             out.append(f"{key}.repetition_penalty={self.repetition_penalty}: must be positive")
         if self.num_beams > 1 and self.do_sample and self.temperature > 0:
             out.append(f"{key}.num_beams={self.num_beams} with {key}.do_sample=true: beam sampling is not supported")
+        if self.num_return_sequences > 1 and (not self.do_sample or self.temperature == 0):
+            out.append(f"{key}.num_return_sequences={self.num_return_sequences}: needs {key}.do_sample=true and "
+                       f"{key}.temperature > 0 (greedy samples are all the same)")
+        if any(not s for s in self.stop):
+            out.append(f"{key}.stop: stop strings must not be empty")
         return out
 
 
@@ -212,6 +218,17 @@ class TrainRunConfig(PrepareRunConfig):
 
 
 @dataclass
+class MergeRunConfig:
+    run_dir: str = MISSING  # training run directory: its config.yaml names the base model, adapter/ the adapter
+    out_dir: str = MISSING  # where the merged transformers model directory is written
+    dtype: str = "float32"  # dtype of the merged weights: float32 | bfloat16 | float16
+    debug: bool = False  # show tracebacks for user errors too
+
+    def problems(self, key: str) -> list[str]:
+        return _choice(f"{key}dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass
 class GenerateRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -220,12 +237,32 @@ class GenerateRunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     adapter: str | None = None  # adapter directory or training run directory; null = base model alone
     out_dir: str = MISSING
-    max_prompt_tokens: int | None = None  # prompts longer than this (default: the model's context) ...
+    split: str = "all"  # all: every record of data.path | train | eval: that side of the held-out split
+    seed: int = 0  # seeds the held-out split (data.eval_fraction); a training run dir's own seed wins
+    max_prompt_tokens: int | None = None  # prompts longer than this (default: context - max_new_tokens) ...
     long_prompt: str = "truncate"  # ... are cut from the left with a warning (truncate) or refused (error)
     debug: bool = False
 
     def problems(self, key: str) -> list[str]:
-        return _choice(f"{key}long_prompt", self.long_prompt, ("truncate", "error"))
+        out = _choice(f"{key}long_prompt", self.long_prompt, ("truncate", "error"))
+        out += _choice(f"{key}split", self.split, ("all", "train", "eval"))
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            out.append(f"{key}max_prompt_tokens={self.max_prompt_tokens}: must be positive or null")
+        return out
+
+
+@dataclass
+class EvalRunConfig(GenerateRunConfig):
+    split: str = "eval"  # the held-out split: references are scored against generations and by their loss
+    compare_base: bool = True  # with an adapter, also score the base alone: the "before" column of the table
+    loss_batch_size: int = 8  # examples per forward pass when computing the references' loss
+    generate: bool = True  # false: only loss and perplexity (no generation, no text metrics)
+
+    def problems(self, key: str) -> list[str]:
+        out = super().problems(key)
+        if self.loss_batch_size < 1:
+            out.append(f"{key}loss_batch_size={self.loss_batch_size}: must be at least 1")
+        return out
 
 
 def collect_problems(node: Any, key: str = "") -> list[str]:
@@ -257,4 +294,6 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_prepare", node=PrepareRunConfig)
     cs.store(name="base_train", node=TrainRunConfig)
+    cs.store(name="base_merge", node=MergeRunConfig)
     cs.store(name="base_generate", node=GenerateRunConfig)
+    cs.store(name="base_eval", node=EvalRunConfig)

@@ -118,7 +118,7 @@ def compute_dtype(name: str, device: str) -> Any:
 
     if name != "auto":
         return getattr(torch, name)
-    if device == "cuda":
+    if device.startswith("cuda"):  # "cuda" or "cuda:N" (one device per rank under torchrun)
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 

@@ -1,0 +1,121 @@
+"""sft-train: prepared rows + QLoRA model + transformers Trainer -> a self-describing, resumable run directory.
+
+`train(cfg)` reads like a table of contents; the step loop belongs to the Trainer (sft/trainer.py), the run
+directory to sft/rundir.py, checkpoints and preemption to sft/checkpoint.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from sft.checkpoint import EXIT_PREEMPTED, Preemption, latest_checkpoint, read_sft_state, remove_staging
+from sft.config import TrainRunConfig
+from sft.data.collate import make_collator
+from sft.data.inspect import summary_lines
+from sft.data.prepare import Prepared, prepare
+from sft.lora import add_lora, trainable_summary
+from sft.metrics_log import MetricsFile, Progress, plot_loss, read_metrics, rewind_metrics, summary_line
+from sft.model import load_model, load_tokenizer
+from sft.rundir import mark_finished, run_config, run_status, write_run_files
+from sft.trainer import SftTrainer, StopOnPreemption, training_arguments
+
+
+def build_model(cfg: TrainRunConfig, device: str) -> Any:
+    """Quantized base + LoRA; the LoRA init is drawn from the seeded global RNG."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    model = add_lora(load_model(cfg.model, cfg.quant, device=device), cfg.quant, cfg.lora, cfg.train.gradient_checkpointing)
+    return model
+
+
+def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any, tokenizer: Any, out: Path) -> SftTrainer:
+    from transformers import ProgressCallback
+
+    splits = prepared.datasets
+    trainer = SftTrainer(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["eval"] if "eval" in splits else None,
+        data_collator=make_collator(cfg.data.packing, tokenizer.pad_token_id),
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(Progress())
+    trainer.add_callback(MetricsFile(out / "metrics.jsonl"))
+    if args.process_index == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        board = TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))
+        board.logging_dir = str(out / "tensorboard")  # where it reopens its writer after train() closed it
+        trainer.add_callback(board)
+    return trainer
+
+
+def resume_point(trainer: SftTrainer, out: Path) -> Path | None:
+    """The newest complete checkpoint (its token count restored, later metrics dropped), or None."""
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    if trainer.is_world_process_zero():
+        remove_staging(out / "checkpoints")
+        rewind_metrics(out / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else -1)
+    if checkpoint is not None:
+        trainer.restore_sft_state(read_sft_state(checkpoint))
+        print(f"resuming from {checkpoint}")
+    return checkpoint
+
+
+def finish(trainer: SftTrainer, out: Path, started: float) -> None:
+    """Final eval, adapter/, loss.png, finished.json and the one-line summary (rank 0 writes)."""
+    evaluated = any("eval_loss" in r and r.get("step") == trainer.state.global_step for r in trainer.state.log_history)
+    if trainer.eval_dataset is not None and not evaluated:
+        trainer.evaluate()
+    trainer.save_model(str(out / "adapter"))
+    if not trainer.is_world_process_zero():
+        return
+    metrics = read_metrics(out / "metrics.jsonl")
+    plot_loss(metrics, out / "loss.png")
+    line = summary_line(metrics, time.time() - started)
+    mark_finished(out, {"global_step": trainer.state.global_step, "trained_tokens": trainer.trained_tokens, "summary": line})
+    print(f"{line}\nrun directory: {out} (adapter in {out / 'adapter'})")
+
+
+def train(cfg: TrainRunConfig) -> int:
+    """Train (or resume, or recognise as finished) the run in cfg.out_dir. Returns the process exit status."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    started = time.time()
+    out = Path(cfg.out_dir)
+    wanted = run_config(cfg)
+    if run_status(out, wanted) == "finished":
+        print(f"{out}: this run is already finished (finished.json); nothing to do")
+        return 0
+    preemption = Preemption()
+    preemption.install()  # a signal from here on stops at the first step boundary, with a checkpoint
+    tokenizer = load_tokenizer(cfg.model)
+    args = training_arguments(cfg.train, cfg.quant, cfg.seed, out, has_eval=True)
+    with args.main_process_first(desc="prepare data"):
+        prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
+    if "eval" not in prepared.datasets:
+        args = training_arguments(cfg.train, cfg.quant, cfg.seed, out, has_eval=False)
+    if args.process_index == 0:
+        write_run_files(out, wanted, prepared.report, tokenizer)
+        print("\n".join(summary_lines(prepared.report)))
+    model = build_model(cfg, str(args.device))
+    print(trainable_summary(model))
+    trainer = build_trainer(cfg, model, prepared, args, tokenizer, out)
+    checkpoint = resume_point(trainer, out)
+    if checkpoint is None and trainer.eval_dataset is not None and cfg.train.eval_at_start:
+        trainer.evaluate()  # step 0: the eval loss before any training
+    stopper = StopOnPreemption(preemption)
+    trainer.add_callback(stopper)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stopper.stopped_at is not None:
+        print(f"{preemption.signal_name}: saved checkpoint-{stopper.stopped_at}; rerun the same command to resume "
+              f"(exit {EXIT_PREEMPTED})")
+        return EXIT_PREEMPTED
+    finish(trainer, out, started)
+    return 0

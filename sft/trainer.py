@@ -1,0 +1,108 @@
+"""The transformers Trainer, fed with our rows and collators, plus what a run needs around its step loop:
+atomic checkpoints, a trained-token counter that survives resumes, and stop-at-next-step on preemption.
+
+The Trainer normalizes the loss over every trained token of the optimizer step (all micro-batches, all
+ranks): it counts labels[..., 1:] != -100 before the step (`num_items_in_batch`) and the model divides its
+summed token losses by that count, so accumulation and packing never turn it into a mean of means.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from sft.checkpoint import AtomicCheckpointMixin, Preemption
+from sft.config import QuantConfig, TrainConfig
+from sft.model import compute_dtype, pick_device
+
+
+def pick_optimizer(name: str, device: str) -> str:
+    if name != "auto":
+        return name
+    return "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
+
+
+def training_arguments(train: TrainConfig, quant: QuantConfig, seed: int, out_dir: Path, has_eval: bool) -> TrainingArguments:
+    device = pick_device()
+    dtype = str(compute_dtype(quant.compute_dtype, device)).removeprefix("torch.") if quant.name != "none" else None
+    eval_steps = train.eval_steps if has_eval and train.eval_steps > 0 else None
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        report_to="none",  # TensorBoard is added by build_trainer, writing to out_dir/tensorboard on rank 0
+        seed=seed,
+        data_seed=seed,
+        learning_rate=train.lr,
+        lr_scheduler_type=train.scheduler,
+        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.micro_batch_size,
+        per_device_eval_batch_size=train.micro_batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=pick_optimizer(train.optim, device),
+        bf16=device == "cuda" and dtype == "bfloat16",
+        fp16=device == "cuda" and dtype == "float16",
+        logging_steps=train.logging_steps,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        remove_unused_columns=False,  # rows are already model inputs; position_ids must reach the model
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        average_tokens_across_devices=True,  # the loss divisor counts the trained tokens of every rank
+        use_cpu=device == "cpu",
+        disable_tqdm=False,
+    )
+
+
+class StopOnPreemption(TrainerCallback):
+    """At each optimizer step boundary: if a signal arrived (on any rank), save a checkpoint and stop."""
+
+    def __init__(self, preemption: Preemption) -> None:
+        self.preemption = preemption
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+        if self.preemption.agreed():
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+
+class SftTrainer(AtomicCheckpointMixin, Trainer):
+    """Trainer that counts trained tokens (for tokens/s and the metrics) and checkpoints atomically."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trained_tokens = 0
+        self._tokens_at_last_log = 0
+        self._time_at_last_log = time.perf_counter()
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # num_items: trained tokens of this optimizer step over all ranks (what the loss is divided by)
+        if num_items is not None:
+            self.trained_tokens += int(num_items.sum().item() if hasattr(num_items, "sum") else num_items)
+        return batches, num_items
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            now = time.perf_counter()
+            logs["trained_tokens"] = self.trained_tokens
+            logs["tokens_per_s"] = (self.trained_tokens - self._tokens_at_last_log) / max(now - self._time_at_last_log, 1e-9)
+            self._tokens_at_last_log, self._time_at_last_log = self.trained_tokens, now
+        super().log(logs, start_time)
+
+    def sft_state(self) -> dict[str, Any]:
+        return {"trained_tokens": self.trained_tokens}
+
+    def restore_sft_state(self, state: dict[str, Any]) -> None:
+        self.trained_tokens = self._tokens_at_last_log = int(state.get("trained_tokens", 0))

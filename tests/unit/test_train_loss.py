@@ -1,0 +1,166 @@
+"""What reaches the model during training, and how the loss is normalized (tiny Llama, CPU, fp32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from conftest import tiny_llama, write_jsonl
+from sft.config import DataConfig, LoraConfig, PromptConfig, QuantConfig, TrainConfig
+from sft.data.collate import PackedCollator, PaddedCollator, make_collator
+from sft.data.prepare import prepare
+from sft.lora import add_lora
+from sft.trainer import SftTrainer, training_arguments
+
+NONE = QuantConfig(name="none")
+PROMPT = PromptConfig(name="custom", template_input="{instruction} {input}:", template_no_input="{instruction}:")
+
+
+def records(n: int) -> list[dict[str, str]]:
+    words = ["red", "blue", "green", "tea", "sky", "moon", "cat", "dog"]
+    return [
+        {"instruction": f"say {words[i % 8]} {i}", "input": "x" * (i % 3), "output": " " + words[(i * 3) % 8] * (1 + i % 4)}
+        for i in range(n)
+    ]
+
+
+def prepared_splits(tmp_path: Path, tokenizer: Any, packing: bool, n: int = 12) -> Any:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = write_jsonl(tmp_path / "train.jsonl", records(n))
+    data = DataConfig(path=str(path), max_seq_len=64, packing=packing)
+    return prepare(data, PROMPT, tokenizer, seed=0, use_cache=False).datasets
+
+
+def lora_model(seed: int = 0, randomize: bool = False) -> Any:
+    torch.manual_seed(seed)
+    model = add_lora(tiny_llama(), NONE, LoraConfig(r=4, alpha=8, dropout=0.0), gradient_checkpointing=True)
+    if randomize:  # B starts at zero: give both LoRA matrices values so every gradient is informative
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.data = torch.randn(p.shape, generator=gen) * 0.05
+    return model
+
+
+def make_trainer(model: Any, dataset: Any, collator: Any, tmp_path: Path, **train: Any) -> SftTrainer:
+    cfg = TrainConfig(**{"lr": 1e-3, "warmup_ratio": 0.0, "max_grad_norm": 0.0, "save_steps": 1000, **train})
+    args = training_arguments(cfg, NONE, seed=0, out_dir=tmp_path, has_eval=False)
+    args.disable_tqdm = True
+    return SftTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+
+
+class CaptureGrads(TrainerCallback):
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def step_grads(dataset: Any, micro_batch_size: int, grad_accum: int, tmp_path: Path) -> dict[str, torch.Tensor]:
+    capture = CaptureGrads()
+    trainer = make_trainer(
+        lora_model(randomize=True), dataset, PackedCollator(), tmp_path,
+        micro_batch_size=micro_batch_size, grad_accum=grad_accum, max_steps=1,
+    )
+    trainer.add_callback(capture)
+    trainer.train()
+    assert capture.grads
+    return capture.grads
+
+
+def two_rows() -> Any:
+    import datasets
+
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+    for n, trained in ((40, 30), (24, 3)):  # very different trained-token counts: mean of means != token mean
+        ids = torch.randint(4, 128, (n,), generator=gen).tolist()
+        labels = [-100] * (n - trained) + ids[n - trained:]
+        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(n))})
+    return datasets.Dataset.from_list(rows)
+
+
+def test_accumulated_step_equals_one_batch_holding_both_halves(tmp_path: Path) -> None:
+    rows = two_rows()
+    accumulated = step_grads(rows, micro_batch_size=1, grad_accum=2, tmp_path=tmp_path / "a")
+    together = step_grads(rows, micro_batch_size=2, grad_accum=1, tmp_path=tmp_path / "b")
+    assert accumulated.keys() == together.keys()
+    for name in together:
+        torch.testing.assert_close(accumulated[name], together[name], rtol=1e-5, atol=1e-7)
+
+    # The bug this guards against: the mean of per-micro-batch means gives a different gradient.
+    model = lora_model(randomize=True)
+    model.train()
+    losses = [model(**PackedCollator()([row])).loss for row in rows]
+    (sum(losses) / 2).backward()
+    mean_of_means = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert any(not torch.allclose(mean_of_means[n], together[n], rtol=1e-3) for n in together)
+
+
+class CaptureInputs:
+    def __init__(self) -> None:
+        self.batches: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        if module.training:
+            self.batches.append({k: kwargs[k].clone() for k in ("labels", "input_ids", "position_ids") if kwargs.get(k) is not None})
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_labels_reaching_the_model_are_the_prepared_labels(packing: bool, char_tokenizer: Any, tmp_path: Path) -> None:
+    train = prepared_splits(tmp_path, char_tokenizer, packing)["train"]
+    model = lora_model()
+    capture = CaptureInputs()
+    model.get_base_model().register_forward_pre_hook(capture, with_kwargs=True)
+    micro = 1 if packing else 3  # packed: one row per batch, so each batch is exactly one prepared row
+    trainer = make_trainer(model, train, make_collator(packing, char_tokenizer.pad_token_id), tmp_path,
+                           micro_batch_size=micro, grad_accum=1, epochs=1.0)
+    trainer.train()
+
+    seen: list[tuple[tuple[int, ...], ...]] = []
+    for batch in capture.batches:
+        for i in range(batch["labels"].shape[0]):
+            n = int((batch["input_ids"][i] != char_tokenizer.pad_token_id).sum()) if not packing else batch["labels"].shape[1]
+            row = (tuple(batch["input_ids"][i, :n].tolist()), tuple(batch["labels"][i, :n].tolist()))
+            if packing:
+                row += (tuple(batch["position_ids"][i].tolist()),)
+            seen.append(row)
+    keys = ("input_ids", "labels", "position_ids") if packing else ("input_ids", "labels")
+    expected = [tuple(tuple(r[k]) for k in keys) for r in train]
+    assert sorted(seen) == sorted(expected)  # every prepared row exactly once per epoch, unchanged
+
+
+def test_packed_loss_equals_padded_loss_of_the_same_examples(char_tokenizer: Any, tmp_path: Path) -> None:
+    padded = prepared_splits(tmp_path / "pad", char_tokenizer, packing=False)["train"]
+    packed = prepared_splits(tmp_path / "pack", char_tokenizer, packing=True)["train"]
+    assert len(packed) < len(padded)
+    model = lora_model(randomize=True).eval()
+    with torch.no_grad():
+        loss_padded = model(**PaddedCollator(char_tokenizer.pad_token_id)(list(padded))).loss
+        loss_packed = model(**PackedCollator()(list(packed))).loss
+        leaky = model(**PackedCollator()(list(packed)), use_cache=True).loss  # cache on: packing not detected
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(leaky, loss_padded, rtol=1e-4)
+
+
+@pytest.mark.parametrize("quant", ["nf4", "none"])
+def test_gradient_checkpointing_trains_lora_on_a_frozen_base(quant: str, tmp_path: Path) -> None:
+    """No "element 0 of tensors does not require grad": k-bit prep + non-reentrant checkpointing."""
+    from sft.config import ModelConfig
+    from sft.model import load_model
+
+    tiny_llama().save_pretrained(tmp_path / "tiny")
+    base = load_model(ModelConfig(path=str(tmp_path / "tiny")), QuantConfig(name=quant), device="cpu")
+    model = add_lora(base, QuantConfig(name=quant), LoraConfig(r=4, alpha=8), gradient_checkpointing=True)
+    model.train()
+    assert model.is_gradient_checkpointing
+    ids = torch.randint(4, 128, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
