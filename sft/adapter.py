@@ -1,0 +1,130 @@
+"""Where an adapter comes from, which base and template it was trained with, and loading base + adapter.
+
+`adapter=DIR` is either a PEFT adapter directory (adapter_config.json) or a training run directory
+(`adapter/` plus the resolved `config.yaml`). A run directory also fixes the base model and the prompt
+template, so evaluation uses exactly what training used. An adapter trained on another base is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sft.config import ModelConfig, PromptConfig, QuantConfig
+from sft.errors import ConfigError
+from sft.model import load_model, model_name, resolve_model_path
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+@dataclass
+class AdapterSource:
+    path: Path  # the directory holding adapter_config.json
+    run_dir: Path | None  # the training run directory, when given one
+    run_config: dict[str, Any] | None  # its config.yaml, resolved
+    base: str | None  # base_model_name_or_path recorded by PEFT
+
+
+def _read_run_config(run_dir: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)  # type: ignore[return-value]
+    except Exception as e:  # a damaged file is the user's to fix
+        raise ConfigError(f"adapter={run_dir}: cannot read config.yaml ({e})") from None
+
+
+def find_adapter(path: str) -> AdapterSource:
+    """Resolve `adapter=` to an adapter directory, reading the run's config.yaml when there is one."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise ConfigError(f"adapter={path}: directory not found")
+    if (root / "adapter_config.json").is_file():
+        adapter, run_dir = root, (root.parent if (root.parent / "config.yaml").is_file() and root.name == "adapter" else None)
+    elif (root / "adapter" / "adapter_config.json").is_file():
+        adapter, run_dir = root / "adapter", root
+    else:
+        raise ConfigError(f"adapter={path}: no adapter_config.json in it or in {root / 'adapter'}")
+    if run_dir is not None and not (run_dir / "config.yaml").is_file():
+        run_dir = None
+    try:
+        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"adapter={path}: unreadable adapter_config.json ({e})") from None
+    run_config = _read_run_config(run_dir) if run_dir is not None else None
+    return AdapterSource(adapter, run_dir, run_config, base)
+
+
+def adapter_hash(adapter: Path) -> str:
+    """sha256 over the adapter's config and weights, so a row says exactly which adapter wrote it."""
+    h = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        f = adapter / name
+        if f.is_file():
+            h.update(name.encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return pa.name == pb.name and bool(pa.name)  # the same cached conversion under another cache root
+
+
+def base_for(source: AdapterSource | None, model: ModelConfig) -> ModelConfig:
+    """The base model to load: the run's own when the user left model.path unset; a contradiction is refused."""
+    if source is None:
+        return model
+    if source.run_config is not None:
+        trained = ModelConfig(**{k: v for k, v in (source.run_config.get("model") or {}).items() if k in _fields(ModelConfig)})
+        if model.path is not None and trained.path != model.path and not _same_model(str(trained.path), model.path):
+            raise ConfigError(
+                f"adapter={source.run_dir} was trained on base {model_name(trained)}, "
+                f"but model.path={model.path}: drop model.path or use an adapter trained on it"
+            )
+        model = dataclasses.replace(trained, dtype=model.dtype, attn_implementation=model.attn_implementation)
+    if source.base:
+        resolved = resolve_model_path(model)
+        if not (_same_model(source.base, resolved) or (model.path and _same_model(source.base, model.path))):
+            raise ConfigError(
+                f"adapter={source.path} was trained on base {source.base}, "
+                f"but the base model is {model_name(model)} ({resolved})"
+            )
+    return model
+
+
+def prompt_for(source: AdapterSource | None, prompt: PromptConfig) -> PromptConfig:
+    """The template of the training run (never drifts); the configured one for a bare adapter or a base."""
+    if source is None or source.run_config is None or "prompt" not in source.run_config:
+        return prompt
+    trained = PromptConfig(**{k: v for k, v in source.run_config["prompt"].items() if k in _fields(PromptConfig)})
+    if trained != prompt:
+        print(f"note: using the training run's template prompt.name={trained.name} (from {source.run_dir}/config.yaml)")
+    return trained
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def load_for_inference(model_cfg: ModelConfig, quant: QuantConfig, source: AdapterSource | None) -> Any:
+    """Base (optionally 4/8-bit) in eval mode, with the adapter attached when there is one."""
+    model = load_model(model_cfg, quant)
+    if source is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(source.path), is_trainable=False)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"adapter={source.path}: cannot load onto {model_name(model_cfg)} ({e})") from None
+    return model.eval()
