@@ -71,6 +71,8 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
+# Credential lifetime; also how long a requeued job waits before it may start again (default 120 s).
+AuthInfo=cred_expire=10
 # CPUs are the consumable resource; memory requests are checked against RealMemory but not reserved,
 # so several small jobs share the node.
 SelectType=select/cons_tres
