@@ -1,0 +1,139 @@
+"""sft-train as a user runs it (subprocess), on a tiny Llama saved to disk with the char tokenizer."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import REPO, make_char_tokenizer, run_sft, tiny_llama, write_jsonl
+
+EXIT_PREEMPTED = 75
+WORDS = ["red", "blue", "green", "tea", "sky", "moon", "cat", "dog"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: Any) -> Path:
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama().save_pretrained(path)
+    make_char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: Any) -> Path:
+    rows = [{"instruction": f"say {WORDS[i % 8]}", "input": "", "output": WORDS[(i * 3) % 8]} for i in range(32)]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
+
+
+def tiny_overrides(tiny_dir: Path, data_file: Path, *extra: str) -> list[str]:
+    return [
+        f"model.path={tiny_dir}", "quant=none", "prompt=custom", f"data.path={data_file}", "data.eval_path=null",
+        "data.eval_fraction=0.25", "data.max_seq_len=64", "data.packing=true", "train.micro_batch_size=2",
+        "train.grad_accum=2", "train.max_steps=4", "train.save_steps=2", "train.lr=1e-3", *extra,
+    ]
+
+
+def metrics(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_a_complete_run_dir_and_never_overwrites_it(tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = tiny_overrides(tiny_dir, data_file, f"out_dir={out}")
+    done = run_sft("train", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json",
+                 "config.yaml", "report.json", "metrics.jsonl", "loss.png", "finished.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["prompt"]["name"] == "custom" and config["model"]["path"] == str(tiny_dir)
+    assert config["train"]["lr"] == 1e-3 and config["quant"]["name"] == "none" and config["seed"] == 0
+    logged = metrics(out)
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in logged if "eval_loss" in r] == [0, 4]  # before and after training
+    assert all(r["trained_tokens"] > 0 and r["lr"] >= 0 and "grad_norm" in r for r in logged if "loss" in r)
+    assert "done: 4 steps" in done.stdout
+
+    again = run_sft("train", *args)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    changed = run_sft("train", *args, "train.lr=2e-3", "lora.r=4")
+    assert changed.returncode == 1
+    assert "train.lr" in changed.stderr and "lora.r" in changed.stderr and "Traceback" not in changed.stderr
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), out / "adapter")
+    trained_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert trained_b and any(p.abs().sum() > 0 for p in trained_b)  # B starts at 0: training moved it
+
+
+def wait_for(predicate: Any, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the run ended before the condition was met"
+        assert time.time() < end, "timed out waiting"
+        time.sleep(0.1)
+
+
+def test_sigterm_saves_at_the_next_step_and_exits_75_then_the_rerun_resumes(
+    tiny_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = tiny_overrides(tiny_dir, data_file, f"out_dir={out}", "train.max_steps=16", "train.save_steps=1000")
+    proc = subprocess.Popen([sys.executable, "-m", "sft", "train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (out / "metrics.jsonl").is_file() and any("loss" in r for r in metrics(out)), proc)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    assert "SIGTERM" in stdout and not (out / "finished.json").exists()
+    saved = [p.name for p in (out / "checkpoints").iterdir()]
+    assert len(saved) == 1 and saved[0].startswith("checkpoint-")
+    stopped = int(saved[0].split("-")[1])
+    assert 1 <= stopped < 16
+
+    resumed = run_sft("train", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoints' / saved[0]}" in resumed.stdout
+    assert [r["step"] for r in metrics(out) if "loss" in r] == list(range(1, 17))  # each step logged once
+
+
+def test_bad_input_is_one_message_and_exit_1(tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    missing = run_sft("train", *tiny_overrides(tiny_dir, data_file, f"out_dir={tmp_path / 'a'}"),
+                      f"data.path={tmp_path / 'nope.jsonl'}")
+    assert missing.returncode == 1 and "nope.jsonl" in missing.stderr and "Traceback" not in missing.stderr
+    invalid = run_sft("train", *tiny_overrides(tiny_dir, data_file, f"out_dir={tmp_path / 'b'}"),
+                      "train.lr=0", "lora.r=0", "quant=nf5")
+    assert invalid.returncode == 1 and "Traceback" not in invalid.stderr
+    assert "quant" in invalid.stderr
+
+
+def test_invalid_values_are_all_named(tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    invalid = run_sft("train", *tiny_overrides(tiny_dir, data_file, f"out_dir={tmp_path / 'b'}"), "train.lr=0", "lora.r=0")
+    assert invalid.returncode == 1 and "Traceback" not in invalid.stderr
+    assert "train.lr=0" in invalid.stderr and "lora.r=0" in invalid.stderr
+
+
+def test_sweep_runs_each_point_in_its_own_directory(tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    done = run_sft("train", "-m", *tiny_overrides(tiny_dir, data_file, "train.max_steps=2"),
+                   "train.lr=1e-4,2e-4", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if (p / "finished.json").is_file())
+    assert len(runs) == 2
+    lrs = sorted(yaml.safe_load((p / "config.yaml").read_text())["train"]["lr"] for p in runs)
+    assert lrs == [1e-4, 2e-4]
