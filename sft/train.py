@@ -110,6 +110,7 @@ def train(cfg: TrainRunConfig) -> int:
     checkpoint = resume_point(trainer, out)
     if checkpoint is None and trainer.eval_dataset is not None and cfg.train.eval_at_start:
         trainer.evaluate()  # step 0: the eval loss before any training
+        trainer.model._is_accelerate_prepared = False  # evaluate() marked it prepared: train() would skip DDP
     stopper = StopOnPreemption(preemption)
     trainer.add_callback(stopper)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
