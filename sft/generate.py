@@ -140,14 +140,17 @@ def generate_rows(model: Any, tokenizer: Any, items: list[Item], gen: Generation
     todo = sum(it.key not in done for it in items)
     bar = tqdm(total=todo, unit="prompt", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
     start, tokens = time.perf_counter(), 0
-    for planned in plan_batches(items, gen.batch_size):  # the plan of a whole run: a rerun sees the same batches
-        batch = [it for it in planned if it.key not in done]
-        if not batch:
+    # The plan of the whole run, so a rerun sees the same batches; a batch cut short is decoded whole again (its
+    # missing rows then come out bit for bit as in an uninterrupted run, log-probabilities included).
+    for batch in plan_batches(items, gen.batch_size):
+        missing = [it for it in batch if it.key not in done]
+        if not missing:
             continue
         for item, d in decode_batch(model, batch, gen, stopping, tokenizer.pad_token_id):
-            writer.write(to_row(item, d, gen, tokenizer))
-            tokens += len(d.tokens)
-        bar.update(len(batch))
+            if item.key not in done:
+                writer.write(to_row(item, d, gen, tokenizer))
+                tokens += len(d.tokens)
+        bar.update(len(missing))
         bar.set_postfix(tok_per_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.1f}")
     bar.close()
     return tokens
