@@ -252,3 +252,79 @@ def test_launcher_job_requeued_on_the_warning_signal_resumes_to_the_same_adapter
     assert "requeueing job" in logs and re.search(r"resuming from .*checkpoint-\d+", logs), logs[-4000:]
     assert_complete_run(sweep / "0", tiny_dir, steps=steps)
     assert_same_adapter(sweep / "0", reference)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_scripts_train_ddp_and_resume_after_the_warning(
+    cluster: list[str], tiny_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    """multi_gpu.sbatch (torchrun on one node) and multi_node.sbatch (srun + torchrun, c10d rendezvous), each
+    with 2 CPU processes; the multi-node job is warned mid-run: torchrun survives the signal, its workers
+    checkpoint, the job requeues and resumes to the adapter of the uninterrupted 2-process run."""
+    steps = 40
+    args = train_overrides(tiny_dir, data_file, f"train.max_steps={steps}", "train.save_steps=1000", "seed=2")
+    nproc2 = {"SFT_NPROC": "2", "SFT_RDZV_PORT": str(free_port())}
+    options = ("--cpus-per-task=2", "--export=ALL," + ",".join(f"{k}={v}" for k, v in nproc2.items()))
+
+    single_node = tmp_path / "single-node"
+    job = sbatch("multi_gpu.sbatch", tmp_path, "train", *args, f"out_dir={single_node}",
+                 f"hydra.run.dir={tmp_path / 'hydra-a'}", options=options)
+    cluster.append(job)
+    info = wait_job(job)
+    log = (tmp_path / f"{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
+    assert "2 processes" in log and log.count(f"done: {steps} steps") == 1, log[-4000:]  # rank 0 prints it
+    assert_complete_run(single_node, tiny_dir, steps=steps)
+
+    run = tmp_path / "multi-node"
+    job = sbatch("multi_node.sbatch", tmp_path, "train", *args, f"out_dir={run}",
+                 f"hydra.run.dir={tmp_path / 'hydra-b'}", options=("--nodes=1", *options))
+    cluster.append(job)
+    wait_for_steps(run, 2, lambda: job_info(job).get("JobState") in ("PENDING", "RUNNING"))
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    info = wait_job(job)
+    log = (tmp_path / f"{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
+    assert int(info["Restarts"]) == 1 and "rendezvous" in log, log[-4000:]
+    assert re.search(r"resuming from .*checkpoint-\d+", log), log[-4000:]
+    assert_complete_run(run, tiny_dir, steps=steps)
+    assert_same_adapter(run, single_node)
+
+
+def test_launcher_generation_stopped_by_the_warning_requeues_and_finishes_the_same_file(
+    cluster: list[str], tiny_dir: Path, tmp_path: Path
+) -> None:
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"instruction": f"say {WORDS[i % 8]} {i}", "input": "", "output": "x"} for i in range(160)])
+    args = [f"model.path={tiny_dir}", "prompt=custom", f"data.path={prompts}", "generation.batch_size=1",
+            "generation.max_new_tokens=24", "generation.min_new_tokens=24"]
+    reference = tmp_path / "reference"
+    done = sft("generate", *args, f"out_dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    sweep = tmp_path / "sweep"
+    submit = subprocess.Popen([sys.executable, "-m", "sft", "generate", "-m", *LAUNCHER, *args,
+                               f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    rows = sweep / "0" / "generations.jsonl"
+    try:
+        end = time.time() + 600
+        while not (rows.is_file() and len(rows.read_text().splitlines()) >= 2):
+            assert submit.poll() is None and time.time() < end, "generation ended before it could be interrupted"
+            time.sleep(0.2)
+        (job,) = [p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)]
+        cluster.append(job.split("_")[0])
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        output, _ = submit.communicate(timeout=600)
+    finally:
+        submit.kill()
+    assert submit.returncode == 0, output[-4000:]
+    assert int(job_info(job)["Restarts"]) == 1
+    assert rows.read_bytes() == (reference / "generations.jsonl").read_bytes()
