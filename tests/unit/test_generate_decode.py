@@ -113,3 +113,20 @@ def test_logprobs_are_the_model_log_probabilities_of_the_tokens(model: torch.nn.
         expected = [logp[n - 1 + j, t].item() for j, t in enumerate(d.tokens)]
         assert len(d.logprobs) == len(d.tokens)
         assert d.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_beam_search_is_model_generates_and_cut_at_stop_strings(model: torch.nn.Module) -> None:
+    from sft.decode import beam_decode
+
+    ps = prompts(3, seed=6)
+    cfg = GenerationConfig(num_beams=3, max_new_tokens=10)
+    ours = beam_decode(model, ps, cfg, Stopping([EOS]), PAD)
+    ids, mask, _ = left_pad(ps, PAD, "cpu")
+    out = model.generate(input_ids=ids, attention_mask=mask, num_beams=3, do_sample=False, max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD)
+    for d in ours:
+        theirs = out[d.index, ids.shape[1] :].tolist()
+        theirs = theirs[: theirs.index(EOS)] if EOS in theirs else theirs
+        assert d.tokens == theirs and d.finish_reason in ("eos", "length")
+    stop = chars(ours[0].tokens)[2:4]
+    cut = beam_decode(model, ps, cfg, Stopping([EOS], [stop], chars), PAD)[0]
+    assert cut.finish_reason == "stop" and cut.text == chars(ours[0].tokens)[: chars(ours[0].tokens).index(stop)]
