@@ -22,7 +22,9 @@ WAIT_S="${SFT_SLURM_WAIT_S:-90}"  # how long `start` waits for the node to becom
 
 die() { echo "local_cluster: $*" >&2; exit 1; }
 say() { echo "local_cluster: $*" >&2; }
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+running() {  # running PIDFILE: its process exists (checked through /proc, so it works without root too)
+  local pid; pid="$(cat "$1" 2>/dev/null)"; [ -n "$pid" ] && [ -d "/proc/$pid" ]
+}
 
 need_root() {
   [ "$(id -u)" = 0 ] || die "needs root (apt-get and the Slurm daemons); run it with sudo"
@@ -114,11 +116,11 @@ start_munge() {
 node_state() { sinfo -h -N -o %T 2>/dev/null | head -1; }
 
 start() {
-  need_root
-  install_packages
-  if running "$CTLD_PID" && running "$SLURMD_PID" && [ "$(node_state)" = idle ]; then
+  if command -v sinfo >/dev/null && running "$CTLD_PID" && running "$SLURMD_PID" && [ "$(node_state)" = idle ]; then
     say "already running: $(sinfo -h -N -o '%N %T %c CPUs %m MB')"; return 0
   fi
+  need_root
+  install_packages
   local host; host="$(write_conf)"
   start_munge
   running "$CTLD_PID" || slurmctld -c || die "slurmctld failed to start (see $LOG_DIR/slurmctld.log)"
