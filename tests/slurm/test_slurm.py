@@ -77,7 +77,7 @@ def env() -> dict[str, str]:
             "SFT_PYTHON": sys.executable}
 
 
-def sft(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def sft(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sft", *args], cwd=REPO, env=env(), capture_output=True,
                           text=True, timeout=timeout)
 
