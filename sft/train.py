@@ -82,6 +82,21 @@ def finish(trainer: SftTrainer, out: Path, started: float) -> None:
     print(f"{line}\nrun directory: {out} (adapter in {out / 'adapter'})")
 
 
+def prepare_run(cfg: TrainRunConfig, out: Path) -> tuple[Any, Prepared, Any]:
+    """Tokenizer, prepared rows (rank 0 first: it fills the cache) and trainer arguments; rank 0 writes
+    config.yaml, report.json and the tokenizer into the run directory."""
+    from accelerate import PartialState
+
+    tokenizer = load_tokenizer(cfg.model)
+    with PartialState().main_process_first():
+        prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
+    args = training_arguments(cfg.train, cfg.quant, cfg.seed, out, "eval" in prepared.datasets, cfg.model.dtype)
+    if args.process_index == 0:
+        write_run_files(out, run_config(cfg), prepared.report, tokenizer)
+        print("\n".join(summary_lines(prepared.report)))
+    return tokenizer, prepared, args
+
+
 def train(cfg: TrainRunConfig) -> int:
     """Train (or resume, or recognise as finished) the run in cfg.out_dir. Returns the process exit status."""
     import datasets
@@ -89,21 +104,12 @@ def train(cfg: TrainRunConfig) -> int:
     datasets.disable_progress_bars()
     started = time.time()
     out = Path(cfg.out_dir)
-    wanted = run_config(cfg)
-    if run_status(out, wanted) == "finished":
+    if run_status(out, run_config(cfg)) == "finished":
         print(f"{out}: this run is already finished (finished.json); nothing to do")
         return 0
     preemption = Preemption()
     preemption.install()  # a signal from here on stops at the first step boundary, with a checkpoint
-    tokenizer = load_tokenizer(cfg.model)
-    args = training_arguments(cfg.train, cfg.quant, cfg.seed, out, has_eval=True)
-    with args.main_process_first(desc="prepare data"):
-        prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
-    if "eval" not in prepared.datasets:
-        args = training_arguments(cfg.train, cfg.quant, cfg.seed, out, has_eval=False)
-    if args.process_index == 0:
-        write_run_files(out, wanted, prepared.report, tokenizer)
-        print("\n".join(summary_lines(prepared.report)))
+    tokenizer, prepared, args = prepare_run(cfg, out)
     model = build_model(cfg, str(args.device))
     print(trainable_summary(model))
     trainer = build_trainer(cfg, model, prepared, args, tokenizer, out)

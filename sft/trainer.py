@@ -25,9 +25,13 @@ def pick_optimizer(name: str, device: str) -> str:
     return "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
 
 
-def training_arguments(train: TrainConfig, quant: QuantConfig, seed: int, out_dir: Path, has_eval: bool) -> TrainingArguments:
+def training_arguments(
+    train: TrainConfig, quant: QuantConfig, seed: int, out_dir: Path, has_eval: bool, model_dtype: str = "auto"
+) -> TrainingArguments:
+    """model_dtype: ModelConfig.dtype, which sets the compute precision when nothing is quantized."""
     device = pick_device()
-    dtype = str(compute_dtype(quant.compute_dtype, device)).removeprefix("torch.") if quant.name != "none" else None
+    precision = model_dtype if quant.name == "none" else quant.compute_dtype
+    dtype = str(compute_dtype(precision, device)).removeprefix("torch.")  # bf16/fp16 -> mixed precision on GPU
     eval_steps = train.eval_steps if has_eval and train.eval_steps > 0 else None
     return TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),
