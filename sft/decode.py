@@ -70,6 +70,27 @@ def _finished(row: RowState, token: int, start: int, cfg: GenerationConfig, stop
     return None, None
 
 
+def _advance(rows: list[RowState], active: list[int], tokens: list[int], raw: torch.Tensor | None, starts: list[int],
+             cfg: GenerationConfig, stopping: Stopping, done: list[Decoded]) -> list[int]:
+    """Append each active row's token; move finished rows to `done`; returns the batch positions that go on."""
+    keep = []
+    for j, (i, token) in enumerate(zip(active, tokens)):
+        row = rows[i]
+        row.history.append(token)
+        row.n_generated += 1
+        if raw is not None:
+            row.logprobs.append(float(raw[j, token]))
+        reason, text = _finished(row, token, starts[i], cfg, stopping)
+        if reason is None:
+            keep.append(j)
+            continue
+        generated, logprobs = row.history[starts[i] :], row.logprobs
+        if reason == "eos":  # the stopping token is not part of the output
+            generated, logprobs = generated[:-1], logprobs[:-1]
+        done.append(Decoded(i, generated, reason, text, logprobs))
+    return keep
+
+
 @torch.inference_mode()
 def decode(
     model: Any, prompts: list[list[int]], seeds: list[int], cfg: GenerationConfig, stopping: Stopping, pad_id: int
@@ -81,34 +102,18 @@ def decode(
     input_ids, mask, positions = left_pad(prompts, pad_id, device)
     rows = [RowState(history=list(p), generator=make_generator(s)) for p, s in zip(prompts, seeds)]
     starts = [len(p) for p in prompts]
-    logprobs: list[list[float]] = [[] for _ in prompts]
     active = list(range(len(prompts)))
     cache = DynamicCache(config=model.config)
     done: list[Decoded] = []
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
-    while active:
+    while True:
         logits = out.logits[:, -1, :].float()
-        if cfg.logprobs:
-            raw = torch.log_softmax(logits, dim=-1)
+        raw = torch.log_softmax(logits, dim=-1) if cfg.logprobs else None
         tokens = next_tokens(logits, [rows[i] for i in active], cfg, stopping.token_ids).tolist()
-        keep = []
-        for j, (i, token) in enumerate(zip(active, tokens)):
-            row = rows[i]
-            row.history.append(token)
-            row.n_generated += 1
-            if cfg.logprobs:
-                logprobs[i].append(float(raw[j, token]))
-            reason, text = _finished(row, token, starts[i], cfg, stopping)
-            if reason is None:
-                keep.append(j)
-                continue
-            generated = row.history[starts[i] :]
-            if reason == "eos":
-                generated, logprobs[i] = generated[:-1], logprobs[i][:-1]
-            done.append(Decoded(i, generated, reason, text, logprobs[i]))
+        keep = _advance(rows, active, tokens, raw, starts, cfg, stopping, done)
         if not keep:
-            break
-        if len(keep) < len(active):
+            return done
+        if len(keep) < len(active):  # finished rows leave the batch and the cache
             cache.batch_select_indices(torch.tensor(keep, device=device))
             mask, positions = mask[keep], positions[keep]
         active = [active[j] for j in keep]
@@ -116,7 +121,6 @@ def decode(
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
         positions = positions[:, -1:] + 1
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
-    return done
 
 
 @torch.inference_mode()

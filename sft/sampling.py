@@ -2,9 +2,10 @@
 
 Each (example, sample) owns a `torch.Generator` seeded from (seed, example id, sample index), so the token it
 draws never depends on the batch size, on the order of the prompts or on its neighbours. Sampling is by
-inverse CDF over the kept tokens sorted by probability: one uniform draw per row and step, so two runs that
-agree on the distribution agree on the token, and a float difference in the last bits of a logit moves the
-draw only when the uniform falls within that difference of a bucket edge.
+inverse CDF over the kept tokens in vocabulary order: one uniform draw per row and step. Batch shapes change
+the last bits of the logits on CPU and GPU alike (matmul kernels differ with the number of rows), and such a
+difference moves the draw only when the uniform falls within it of a bucket edge (or a token sits exactly at
+the top-p / min-p cut).
 
 Order of the transforms (as in transformers): repetition penalty, no-repeat n-grams and min_new_tokens on
 the raw logits; then temperature, top-k, top-p and min-p. Temperature 0 (or do_sample=false) is greedy.
@@ -13,7 +14,7 @@ the raw logits; then temperature, top-k, top-p and min-p. Temperature 0 (or do_s
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +44,7 @@ class RowState:
     history: list[int]
     generator: torch.Generator
     n_generated: int = 0
+    logprobs: list[float] = field(default_factory=list)  # of the generated tokens, when asked for
 
 
 def apply_repetition_penalty(logits: torch.Tensor, rows: list[RowState], penalty: float) -> None:
@@ -81,29 +83,35 @@ def sample_top_p(sorted_probs: torch.Tensor, p: float) -> torch.Tensor:
     return sorted_probs.masked_fill(before > p, 0.0)
 
 
-def filtered_probs(logits: torch.Tensor, cfg: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities sorted high to low, their token ids) after temperature, top-k, top-p and min-p;
-    the probabilities are not renormalized (the draw scales by their sum)."""
+def filtered_probs(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Probabilities in vocabulary order after temperature, top-k, top-p and min-p, the removed tokens at 0
+    (not renormalized: the draw scales by the sum). Sorting only decides which tokens stay."""
     probs = torch.softmax(logits / cfg.temperature, dim=-1)
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-    if 0 < cfg.top_k < sorted_probs.shape[-1]:
-        sorted_probs[:, cfg.top_k :] = 0.0
-        sorted_probs = sorted_probs / sorted_probs.sum(-1, keepdim=True)  # top-p measures mass within the top k
-    if cfg.top_p < 1.0:
-        sorted_probs = sample_top_p(sorted_probs, cfg.top_p)
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if 0 < cfg.top_k < probs.shape[-1] or cfg.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        if 0 < cfg.top_k < sorted_probs.shape[-1]:
+            sorted_probs[:, cfg.top_k :] = 0.0
+            sorted_probs = sorted_probs / sorted_probs.sum(-1, keepdim=True)  # top-p measures mass within the top k
+        if cfg.top_p < 1.0:
+            sorted_probs = sample_top_p(sorted_probs, cfg.top_p)
+        keep = torch.zeros_like(keep).scatter_(-1, order, sorted_probs > 0)
     if cfg.min_p > 0:
-        sorted_probs = sorted_probs.masked_fill(sorted_probs < cfg.min_p * sorted_probs[:, :1], 0.0)
-    return sorted_probs, order
+        keep &= probs >= cfg.min_p * probs.max(dim=-1, keepdim=True).values
+    return probs * keep
 
 
-def draw(sorted_probs: torch.Tensor, order: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
-    """Inverse-CDF draw, one uniform per row from that row's own generator."""
+def draw(probs: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
+    """Inverse-CDF draw over the vocabulary in id order, one uniform per row from that row's own generator.
+
+    Id order, not probability order: two nearly tied tokens whose order flips with the last bit of a logit
+    would otherwise swap their buckets, and the draw would change with the batch shape."""
     u = torch.cat([torch.rand(1, generator=row.generator, dtype=torch.float64) for row in rows])
-    cdf = torch.cumsum(sorted_probs.double(), dim=-1)
+    cdf = torch.cumsum(probs.double(), dim=-1)
     target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-    pick = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
-    pick = torch.minimum(pick, (sorted_probs > 0).sum(-1, keepdim=True) - 1)  # never a zeroed token
-    return order.gather(-1, pick).squeeze(-1)
+    pick = torch.searchsorted(cdf, target, right=True)
+    last_kept = probs.shape[-1] - 1 - torch.argmax((probs.flip(-1) > 0).int(), dim=-1, keepdim=True)
+    return torch.minimum(pick, last_kept).squeeze(-1)  # rounding at the very top never lands on a removed token
 
 
 def next_tokens(logits: torch.Tensor, rows: list[RowState], cfg: GenerationConfig, stop_ids: list[int]) -> torch.Tensor:
@@ -111,5 +119,4 @@ def next_tokens(logits: torch.Tensor, rows: list[RowState], cfg: GenerationConfi
     apply_constraints(logits, rows, cfg, stop_ids)
     if is_greedy(cfg):
         return logits.argmax(dim=-1)
-    sorted_probs, order = filtered_probs(logits, cfg)
-    return draw(sorted_probs, order, rows)
+    return draw(filtered_probs(logits, cfg), rows)

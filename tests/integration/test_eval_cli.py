@@ -17,6 +17,21 @@ from sft.evaluate import reference_loss
 RECORDS = [{"instruction": f"Name item {i}.", "input": "" if i % 2 else "x", "output": f"item {i}"} for i in range(6)]
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One torch thread in the commands run: on a shared 2-core machine a second one mostly waits."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine, a second thread waiting for a busy core costs more than it gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_run(root: Path, base_path: str | None, base_model) -> Path:
     """A training run directory as sft-train leaves it: adapter/ plus config.yaml."""
     from peft import LoraConfig, get_peft_model

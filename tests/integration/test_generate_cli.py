@@ -18,6 +18,12 @@ CUSTOM = {"name": "custom", "template_input": "Q: {instruction} ({input}) A:", "
           "system": None, "end_of_turn": None}
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One torch thread in the commands run: on a shared 2-core machine a second one mostly waits."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 def save_base(path: Path, seed: int) -> Path:
     tiny_llama(vocab_size=128, seed=seed).save_pretrained(path)
     make_char_tokenizer().save_pretrained(path)

@@ -16,6 +16,15 @@ from sft.model import load_model
 N = 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine, a second thread waiting for a busy core costs more than it gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def setup(smollm2_dir: str, smollm2_tokenizer):
     model = load_model(ModelConfig(), QuantConfig(name="none"), device="cpu", path=smollm2_dir).eval()

@@ -16,6 +16,15 @@ EOS = 2
 PAD = 0
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine, a second thread waiting for a busy core costs more than it gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
     return tiny_llama(vocab_size=128, seed=0)
