@@ -1,0 +1,172 @@
+"""python benchmarks/bench_train.py /work/shared/data/alpaca_en_demo.json [--steps 6] [--max-seq-len 512]
+
+Trained tokens per second and peak memory of three ways to run the same QLoRA training (embedded SmolLM2-135M,
+nf4, LoRA r=16 on all linear layers, same steps, micro-batch size, accumulation and learning rate):
+  packed  our pipeline, padding-free packed rows (position_ids), PackedCollator
+  padded  our pipeline, one example per row, dynamic padding to the longest row, PaddedCollator
+  trl     TRL's SFTTrainer on its own defaults for a prompt/completion data set (its tokenization, padding,
+          completion-only loss); precision and max_length are set equal to ours so only the data path differs
+Each variant runs in its own process (peak RSS is per process; on CUDA, peak allocated memory). The first
+optimizer step is excluded from the rate (warm-up). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("packed", "padded", "trl")
+
+
+class CountingCollator:
+    """Wraps a collator; counts the trained tokens (labels[..., 1:] != -100) and all tokens it hands out."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.trained, self.tokens = inner, 0, 0
+
+    def __call__(self, rows: list[Any]) -> Any:
+        batch = self.inner(rows)
+        self.trained += int((batch["labels"][..., 1:] != -100).sum())
+        self.tokens += int(batch["input_ids"].numel())
+        return batch
+
+
+def step_clock(counter: CountingCollator) -> Any:
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        marks: list[tuple[float, int, int]] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.marks.append((time.perf_counter(), counter.trained, counter.tokens))
+
+    return Clock()
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from sft.config import DataConfig, LoraConfig, ModelConfig, PromptConfig, QuantConfig
+    from sft.lora import add_lora
+    from sft.model import load_model, load_tokenizer
+    from transformers import set_seed
+
+    tokenizer = load_tokenizer(ModelConfig())
+    set_seed(0)
+    quant = QuantConfig(name=args.quant)
+    model = add_lora(load_model(ModelConfig(), quant), quant, LoraConfig(r=16, alpha=32, dropout=0.05), True)
+    data = DataConfig(path=args.data, max_seq_len=args.max_seq_len, packing=args.variant == "packed")
+    return tokenizer, model, (data, PromptConfig(name="alpaca"), quant)
+
+
+def ours(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any:
+    from sft.config import TrainConfig
+    from sft.data.collate import make_collator
+    from sft.data.prepare import prepare
+    from sft.trainer import SftTrainer, training_arguments
+
+    data, prompt, quant = cfgs
+    dataset = prepare(data, prompt, tokenizer, seed=0, use_cache=False).datasets["train"]
+    train = TrainConfig(lr=2e-4, max_steps=args.steps, micro_batch_size=args.micro_batch_size,
+                        grad_accum=args.grad_accum, save_steps=10**6)
+    targs = training_arguments(train, quant, 0, Path(args.tmp), has_eval=False)
+    targs.save_strategy, targs.disable_tqdm = "no", True
+    counter = CountingCollator(make_collator(data.packing, tokenizer.pad_token_id))
+    return SftTrainer(model=model, args=targs, train_dataset=dataset, data_collator=counter), counter
+
+
+def trl(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any:
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from sft.data.load import load_records
+    from sft.data.prompts import render_prompt
+    from sft.model import compute_dtype, pick_device
+
+    data, prompt, quant = cfgs
+    records = load_records(data.path, data).records
+    rows = [{"prompt": render_prompt(r, prompt, tokenizer), "completion": r["output"]} for r in records]
+    device = pick_device()
+    bf16 = device == "cuda" and str(compute_dtype(quant.compute_dtype, device)) == "torch.bfloat16"
+    config = SFTConfig(
+        output_dir=args.tmp, max_steps=args.steps, per_device_train_batch_size=args.micro_batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=2e-4, lr_scheduler_type="cosine",
+        warmup_steps=0.03, max_grad_norm=0.3, bf16=bf16, fp16=False, max_length=data.max_seq_len,
+        save_strategy="no", report_to="none", disable_tqdm=True, seed=0, use_cpu=device == "cpu",
+        optim="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    return trainer, counter
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    tokenizer, model, cfgs = build(args)
+    trainer, counter = (trl if args.variant == "trl" else ours)(args, tokenizer, model, cfgs)
+    clock = step_clock(counter)
+    trainer.add_callback(clock)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    (t0, trained0, tokens0), (t1, trained1, tokens1) = clock.marks[0], clock.marks[-1]
+    out = {
+        "trained_tokens_per_s": (trained1 - trained0) / (t1 - t0),
+        "tokens_per_s_incl_padding": (tokens1 - tokens0) / (t1 - t0),
+        "trained_tokens": trained1,
+        "padding_or_masked_share": 1 - trained1 / max(tokens1, 1),
+        "seconds_per_step": (t1 - t0) / (len(clock.marks) - 1),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if torch.cuda.is_available():
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", help="Alpaca-format .json/.jsonl (e.g. ../shared/data/alpaca_en_demo.json)")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per variant (the first is warm-up)")
+    parser.add_argument("--max-seq-len", type=int, default=512, help="tokens per example / packed row")
+    parser.add_argument("--micro-batch-size", type=int, default=2, help="rows per forward pass")
+    parser.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
+    parser.add_argument("--quant", default="nf4", choices=("nf4", "fp4", "int8", "none"))
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one variant, in-process
+    parser.add_argument("--tmp", default="/tmp/sft-bench-train", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.variant:
+        print("RESULT " + json.dumps(run_variant(args)))
+        return
+    import torch
+
+    results: dict[str, Any] = {}
+    for variant in VARIANTS:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
+        results[variant] = json.loads(lines[-1].removeprefix("RESULT "))
+    rate = {v: results[v]["trained_tokens_per_s"] for v in VARIANTS}
+    summary = {
+        "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "model": "embedded SmolLM2-135M-Instruct", "quant": args.quant, "data": str(args.data),
+        "steps": args.steps, "micro_batch_size": args.micro_batch_size, "grad_accum": args.grad_accum,
+        "max_seq_len": args.max_seq_len, "load_average_1m": os.getloadavg()[0],
+        "variants": results,
+        "packed_vs_padded": rate["packed"] / rate["padded"], "packed_vs_trl": rate["packed"] / rate["trl"],
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
