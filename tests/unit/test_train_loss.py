@@ -148,7 +148,7 @@ def test_packed_loss_equals_padded_loss_of_the_same_examples(char_tokenizer: Any
     assert not torch.allclose(leaky, loss_padded, rtol=1e-4)
 
 
-@pytest.mark.parametrize("quant", ["nf4", "none"])
+@pytest.mark.parametrize("quant", ["nf4", "fp4", "int8", "none"])
 def test_gradient_checkpointing_trains_lora_on_a_frozen_base(quant: str, tmp_path: Path) -> None:
     """No "element 0 of tensors does not require grad": k-bit prep + non-reentrant checkpointing."""
     from sft.config import ModelConfig
