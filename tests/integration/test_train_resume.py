@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 
 from conftest import REPO, run_sft
 
-STEPS = 4
+STEPS = 3
 
 
 def overrides(out: Path) -> list[str]:
     return [
-        f"out_dir={out}", "quant=nf4", "data.packing=true", "data.max_seq_len=128", "data.max_records=48", "data.eval_path=null", "data.eval_fraction=0.1",
+        f"out_dir={out}", "quant=nf4", "data.packing=true", "data.max_seq_len=128", "data.max_records=32", "data.eval_path=null", "data.eval_fraction=0.1",
         "train.micro_batch_size=1", "train.grad_accum=2", f"train.max_steps={STEPS}", "train.save_steps=2",
         "train.lr=1e-3", "lora.r=8", "lora.dropout=0.1",  # dropout: the RNG state must be restored too
     ]
