@@ -88,6 +88,26 @@ def tiny_llama(vocab_size: int = 128, seed: int = 0) -> Any:
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: Any) -> Path:
+    """tiny_llama() and the char tokenizer saved as a model directory: `model.path=` for fast CLI runs."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama().save_pretrained(path)
+    make_char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def one_torch_thread() -> Any:
+    """One torch thread: on a shared 2-core machine, a second thread waiting for a busy core costs more than it gives."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_jsonl(path: Path, records: list[Any]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path

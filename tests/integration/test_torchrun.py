@@ -15,18 +15,10 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, make_char_tokenizer, tiny_llama, write_jsonl
+from conftest import REPO, write_jsonl
 
 pytestmark = pytest.mark.slow
 WORDS = ["red", "blue", "green", "tea", "sky", "moon", "cat", "dog", "sun", "rain"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: Any) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama().save_pretrained(path)
-    make_char_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

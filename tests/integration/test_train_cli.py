@@ -13,18 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, make_char_tokenizer, run_sft, tiny_llama, write_jsonl
+from conftest import REPO, run_sft, write_jsonl
 
 EXIT_PREEMPTED = 75
 WORDS = ["red", "blue", "green", "tea", "sky", "moon", "cat", "dog"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: Any) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama().save_pretrained(path)
-    make_char_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

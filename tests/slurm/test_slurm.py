@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import REPO, make_char_tokenizer, tiny_llama, write_jsonl
+from conftest import REPO, write_jsonl
 
 pytestmark = pytest.mark.slurm
 CLUSTER = REPO / "scripts" / "slurm" / "local_cluster.sh"
@@ -46,14 +46,6 @@ def cluster() -> Iterator[list[str]]:
         subprocess.run(["scancel", *sorted(set(jobs))], capture_output=True)
     if not was_up:
         subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: Any) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama().save_pretrained(path)
-    make_char_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
