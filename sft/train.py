@@ -121,8 +121,9 @@ def train(cfg: TrainRunConfig) -> int:
     trainer.add_callback(stopper)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stopper.stopped_at is not None:
-        print(f"{preemption.signal_name}: saved checkpoint-{stopper.stopped_at}; rerun the same command to resume "
-              f"(exit {EXIT_PREEMPTED})")
+        if trainer.is_world_process_zero():
+            print(f"{preemption.signal_name}: saved checkpoint-{stopper.stopped_at}; rerun the same command to resume "
+                  f"(exit {EXIT_PREEMPTED})")
         return EXIT_PREEMPTED
     finish(trainer, out, started)
     return 0
