@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from conftest import run_sft
-from test_train_cli import data_file, tiny_dir, tiny_overrides  # noqa: F401  (module fixtures)
+from test_train_cli import data_file, tiny_overrides  # noqa: F401  (module fixture; tiny_dir is in conftest)
 
 
 def test_merged_model_matches_base_plus_adapter(tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
