@@ -31,7 +31,19 @@ def run_train(cfg: TrainRunConfig) -> int:
     """The exit status: 0 (trained, or already finished) or checkpoint.EXIT_PREEMPTED."""
     from sft.train import train
 
-    return train(cfg)
+    status = train(cfg)  # on an exception torchrun ends the other ranks; no barrier they could hang in
+    _leave_process_group()
+    return status
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, wait for every rank (rank 0 writes the artifacts last) and tear the process group down
+    before exit: a rank leaving with live gloo threads aborts ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run_merge(cfg: MergeRunConfig) -> Path:
