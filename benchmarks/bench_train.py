@@ -7,7 +7,8 @@ nf4, LoRA r=16 on all linear layers, same steps, micro-batch size, accumulation 
   trl     TRL's SFTTrainer on its own defaults for a prompt/completion data set (its tokenization, padding,
           completion-only loss); precision and max_length are set equal to ours so only the data path differs
 Each variant runs in its own process (peak RSS is per process; on CUDA, peak allocated memory). The first
-optimizer step is excluded from the rate (warm-up). Prints one JSON object.
+optimizer step is excluded from the rate (warm-up). On CUDA it also reports model-FLOPs utilization (MFU):
+model FLOPs (see model_flops) per second over --peak-tflops. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -26,26 +27,53 @@ VARIANTS = ("packed", "padded", "trl")
 
 
 class CountingCollator:
-    """Wraps a collator; counts the trained tokens (labels[..., 1:] != -100) and all tokens it hands out."""
+    """Wraps a collator; counts the trained tokens (labels[..., 1:] != -100), all tokens it hands out, the real
+    (non-padding) tokens and the causal attention pairs: an example of n tokens has n(n+1)/2 (query, key) pairs.
+    Example lengths come from the attention mask (padded rows) or from position_ids restarting at 0 (packed)."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner, self.trained, self.tokens = inner, 0, 0
+        self.inner, self.trained, self.tokens, self.real, self.pairs = inner, 0, 0, 0, 0
 
     def __call__(self, rows: list[Any]) -> Any:
         batch = self.inner(rows)
         self.trained += int((batch["labels"][..., 1:] != -100).sum())
         self.tokens += int(batch["input_ids"].numel())
+        for n in example_lengths(batch):
+            self.real, self.pairs = self.real + n, self.pairs + n * (n + 1) // 2
         return batch
+
+
+def example_lengths(batch: Any) -> list[int]:
+    if batch.get("attention_mask") is not None:
+        return [int(n) for n in batch["attention_mask"].sum(-1).tolist()]
+    lengths = []
+    for row in batch["position_ids"].tolist():
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
+        lengths += [b - a for a, b in zip(starts, starts[1:])]
+    return lengths
+
+
+def model_flops(config: Any, lora_params: int, real_tokens: int, pairs: int) -> float:
+    """Model FLOPs of LoRA training on a frozen base: 4N per token for the base's matmuls (forward 2N, backward
+    2N for input gradients only; no weight gradients), 6 per LoRA parameter per token, and the attention
+    products (QK^T and AV: 4 * head dims per (query, key) pair and layer forward, twice that backward).
+    Gradient-checkpointing recomputation is not counted (that would be hardware FLOPs, not model FLOPs)."""
+    d, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = config.num_key_value_heads * head_dim
+    per_layer = d * heads * head_dim * 2 + d * kv * 2 + 3 * d * config.intermediate_size
+    base = layers * per_layer + d * config.vocab_size  # + lm_head; the input embedding is a lookup
+    return (4 * base + 6 * lora_params) * real_tokens + 12 * layers * heads * head_dim * pairs
 
 
 def step_clock(counter: CountingCollator) -> Any:
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
-        marks: list[tuple[float, int, int]] = []
+        marks: list[tuple[float, int, int, int, int]] = []
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.marks.append((time.perf_counter(), counter.trained, counter.tokens))
+            self.marks.append((time.perf_counter(), counter.trained, counter.tokens, counter.real, counter.pairs))
 
     return Clock()
 
@@ -73,7 +101,7 @@ def ours(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any
     data, prompt, quant = cfgs
     dataset = prepare(data, prompt, tokenizer, seed=0, use_cache=False).datasets["train"]
     train = TrainConfig(lr=2e-4, max_steps=args.steps, micro_batch_size=args.micro_batch_size,
-                        grad_accum=args.grad_accum, save_steps=10**6)
+                        grad_accum=args.grad_accum, save_steps=10**6, optim=args.optim)
     targs = training_arguments(train, quant, 0, Path(args.tmp), has_eval=False)
     targs.save_strategy, targs.disable_tqdm = "no", True
     counter = CountingCollator(make_collator(data.packing, tokenizer.pad_token_id))
@@ -87,6 +115,7 @@ def trl(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any:
     from sft.data.load import load_records
     from sft.data.prompts import render_prompt
     from sft.model import compute_dtype, pick_device
+    from sft.trainer import pick_optimizer
 
     data, prompt, quant = cfgs
     records = load_records(data.path, data).records
@@ -98,7 +127,7 @@ def trl(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any:
         gradient_accumulation_steps=args.grad_accum, learning_rate=2e-4, lr_scheduler_type="cosine",
         warmup_steps=0.03, max_grad_norm=0.3, bf16=bf16, fp16=False, max_length=data.max_seq_len,
         save_strategy="no", report_to="none", disable_tqdm=True, seed=0, use_cpu=device == "cpu",
-        optim="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+        optim=pick_optimizer(args.optim, device),
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
     counter = CountingCollator(trainer.data_collator)
@@ -116,17 +145,23 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    (t0, trained0, tokens0), (t1, trained1, tokens1) = clock.marks[0], clock.marks[-1]
+    (t0, trained0, tokens0, real0, pairs0), (t1, trained1, tokens1, real1, pairs1) = clock.marks[0], clock.marks[-1]
+    lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flops_per_s = model_flops(model.config, lora_params, real1 - real0, pairs1 - pairs0) / (t1 - t0)
     out = {
         "trained_tokens_per_s": (trained1 - trained0) / (t1 - t0),
         "tokens_per_s_incl_padding": (tokens1 - tokens0) / (t1 - t0),
         "trained_tokens": trained1,
         "padding_or_masked_share": 1 - trained1 / max(tokens1, 1),
         "seconds_per_step": (t1 - t0) / (len(clock.marks) - 1),
+        "real_tokens_per_s": (real1 - real0) / (t1 - t0),
+        "model_tflops_per_s": flops_per_s / 1e12,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        if args.peak_tflops:
+            out["mfu"] = flops_per_s / 1e12 / args.peak_tflops
     return out
 
 
@@ -138,6 +173,9 @@ def main() -> None:
     parser.add_argument("--micro-batch-size", type=int, default=2, help="rows per forward pass")
     parser.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
     parser.add_argument("--quant", default="nf4", choices=("nf4", "fp4", "int8", "none"))
+    parser.add_argument("--optim", default="auto", help="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU (as sft-train)")
+    parser.add_argument("--peak-tflops", type=float, default=989.4,
+                        help="the GPU's dense bf16 peak for MFU (H100/H200 SXM: 989.4; 0 = no MFU)")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one variant, in-process
     parser.add_argument("--tmp", default="/tmp/sft-bench-train", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,7 +196,7 @@ def main() -> None:
         results[variant] = json.loads(lines[-1].removeprefix("RESULT "))
     rate = {v: results[v]["trained_tokens_per_s"] for v in VARIANTS}
     summary = {
-        "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
         "model": "embedded SmolLM2-135M-Instruct", "quant": args.quant, "data": str(args.data),
         "steps": args.steps, "micro_batch_size": args.micro_batch_size, "grad_accum": args.grad_accum,
         "max_seq_len": args.max_seq_len, "load_average_1m": os.getloadavg()[0],
