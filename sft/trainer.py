@@ -1,9 +1,10 @@
 """The transformers Trainer, fed with our rows and collators, plus what a run needs around its step loop:
 atomic checkpoints, a trained-token counter that survives resumes, and stop-at-next-step on preemption.
 
-The Trainer normalizes the loss over every trained token of the optimizer step (all micro-batches, all
-ranks): it counts labels[..., 1:] != -100 before the step (`num_items_in_batch`) and the model divides its
-summed token losses by that count, so accumulation and packing never turn it into a mean of means.
+The loss is normalized over every trained token of the optimizer step (all micro-batches, all ranks): the
+Trainer counts labels[..., 1:] != -100 before the step (`num_items_in_batch`) and the summed token losses
+are divided by that count, so accumulation and packing never turn it into a mean of means. In training the
+sum comes from sft.loss (logits of trained positions only, in chunks); evaluation uses the model's loss.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sft.checkpoint import AtomicCheckpointMixin, Preemption
 from sft.config import QuantConfig, TrainConfig
+from sft.loss import forward_trained_loss_sum
 from sft.model import compute_dtype, pick_device
 
 
@@ -96,6 +98,21 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         if num_items is not None:
             self.trained_tokens += int(num_items.sum().item() if hasattr(num_items, "sum") else num_items)
         return batches, num_items
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """Training: trained-token loss sum / num_items_in_batch, scaled by the number of processes as the
+        Trainer scales a model's own loss (DDP averages gradients over ranks; the divisor already counts
+        every rank's tokens)."""
+        summed = None
+        if model.training and not return_outputs and num_items_in_batch is not None:
+            summed = forward_trained_loss_sum(model, inputs)
+        if summed is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = summed[0] / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:

@@ -102,28 +102,31 @@ def test_accumulated_step_equals_one_batch_holding_both_halves(tmp_path: Path) -
     assert any(not torch.allclose(mean_of_means[n], together[n], rtol=1e-3) for n in together)
 
 
-class CaptureInputs:
-    def __init__(self) -> None:
-        self.batches: list[dict[str, torch.Tensor]] = []
+class CapturingTrainer(SftTrainer):
+    """Records every training batch as it reaches the loss (input ids, labels, positions)."""
 
-    def __call__(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        if module.training:
-            self.batches.append({k: kwargs[k].clone() for k in ("labels", "input_ids", "position_ids") if kwargs.get(k) is not None})
+    batches: list[dict[str, torch.Tensor]]
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if model.training:
+            self.batches.append({k: inputs[k].clone() for k in ("labels", "input_ids", "position_ids") if inputs.get(k) is not None})
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
 
 @pytest.mark.parametrize("packing", [False, True])
-def test_labels_reaching_the_model_are_the_prepared_labels(packing: bool, char_tokenizer: Any, tmp_path: Path) -> None:
+def test_labels_reaching_the_loss_are_the_prepared_labels(packing: bool, char_tokenizer: Any, tmp_path: Path) -> None:
     train = prepared_splits(tmp_path, char_tokenizer, packing)["train"]
-    model = lora_model()
-    capture = CaptureInputs()
-    model.get_base_model().register_forward_pre_hook(capture, with_kwargs=True)
     micro = 1 if packing else 3  # packed: one row per batch, so each batch is exactly one prepared row
-    trainer = make_trainer(model, train, make_collator(packing, char_tokenizer.pad_token_id), tmp_path,
-                           micro_batch_size=micro, grad_accum=1, epochs=1.0)
+    cfg = TrainConfig(lr=1e-3, save_steps=1000, micro_batch_size=micro, grad_accum=1, epochs=1.0)
+    args = training_arguments(cfg, NONE, seed=0, out_dir=tmp_path, has_eval=False)
+    args.disable_tqdm = True
+    trainer = CapturingTrainer(model=lora_model(), args=args, train_dataset=train,
+                               data_collator=make_collator(packing, char_tokenizer.pad_token_id))
+    trainer.batches = []
     trainer.train()
 
     seen: list[tuple[tuple[int, ...], ...]] = []
-    for batch in capture.batches:
+    for batch in trainer.batches:
         for i in range(batch["labels"].shape[0]):
             n = int((batch["input_ids"][i] != char_tokenizer.pad_token_id).sum()) if not packing else batch["labels"].shape[1]
             row = (tuple(batch["input_ids"][i, :n].tolist()), tuple(batch["labels"][i, :n].tolist()))
@@ -133,6 +136,45 @@ def test_labels_reaching_the_model_are_the_prepared_labels(packing: bool, char_t
     keys = ("input_ids", "labels", "position_ids") if packing else ("input_ids", "labels")
     expected = [tuple(tuple(r[k]) for k in keys) for r in train]
     assert sorted(seen) == sorted(expected)  # every prepared row exactly once per epoch, unchanged
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_trained_token_loss_equals_the_models_own_loss(packing: bool, char_tokenizer: Any, tmp_path: Path,
+                                                        monkeypatch: Any) -> None:
+    """sft.loss (head on trained positions only, in chunks) gives the model's loss and the same gradients."""
+    from sft import loss as sft_loss
+
+    monkeypatch.setattr(sft_loss, "CHUNK", 7)  # several chunks, the last one partial
+    rows = list(prepared_splits(tmp_path, char_tokenizer, packing)["train"])[:4]
+    batch = make_collator(packing, char_tokenizer.pad_token_id)(rows)
+    results = []
+    for ours in (False, True):
+        model = lora_model(randomize=True).train()
+        if ours:
+            summed, count = sft_loss.forward_trained_loss_sum(model, batch)
+            loss = summed / count
+        else:
+            loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (model_loss, model_grads), (our_loss, our_grads) = results
+    assert count == int((batch["labels"][:, 1:] != -100).sum()) > 7
+    torch.testing.assert_close(our_loss, model_loss, rtol=1e-6, atol=1e-6)
+    assert our_grads.keys() == model_grads.keys() and any("lora_B" in n for n in our_grads)
+    for name in model_grads:
+        torch.testing.assert_close(our_grads[name], model_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_trained_or_non_linear_head_falls_back_to_the_models_loss() -> None:
+    from sft.loss import forward_trained_loss_sum
+
+    batch = {"input_ids": torch.randint(4, 128, (1, 8)), "labels": torch.randint(4, 128, (1, 8))}
+    torch.manual_seed(0)
+    saved_head = add_lora(tiny_llama(), NONE, LoraConfig(r=4, modules_to_save=["lm_head"]), gradient_checkpointing=False)
+    assert forward_trained_loss_sum(saved_head, batch) is None
+    capped = lora_model()
+    capped.config.final_logit_softcapping = 30.0
+    assert forward_trained_loss_sum(capped, batch) is None
 
 
 def test_packed_loss_equals_padded_loss_of_the_same_examples(char_tokenizer: Any, tmp_path: Path) -> None:
