@@ -64,10 +64,9 @@ def boundary_mismatches(segment_lists: list[list[Segment]], tokenizer: Any) -> i
                 lefts.append(a.text[-BOUNDARY_WINDOW:])
                 rights.append(b.text[:BOUNDARY_WINDOW])
                 owners.append(i)
-    joint = encode(tokenizer, [a + b for a, b in zip(lefts, rights)])
-    apart = encode(tokenizer, lefts + rights)
     n = len(lefts)
-    return len({owners[k] for k in range(n) if joint[k] != apart[k] + apart[n + k]})
+    ids = encode(tokenizer, [a + b for a, b in zip(lefts, rights)] + lefts + rights)  # one batch: joint, apart
+    return len({owners[k] for k in range(n) if ids[k] != ids[n + k] + ids[2 * n + k]})
 
 
 def special_prefix(tokenizer: Any) -> list[int]:
@@ -141,7 +140,7 @@ def tokenize_examples(
                 continue
             ids, labels = _truncate(ids, labels, max_seq_len, head)
             stats.truncated += 1
-        n_trained = sum(label != IGNORE_INDEX for label in labels)
+        n_trained = len(labels) - labels.count(IGNORE_INDEX)
         if n_trained == 0:
             stats.dropped["no_trained_tokens"] += 1
             continue
