@@ -6,7 +6,8 @@ nf4, LoRA r=16 on all linear layers, same steps, micro-batch size, accumulation 
   padded  our pipeline, one example per row, dynamic padding to the longest row, PaddedCollator
   trl     TRL's SFTTrainer on its own defaults for a prompt/completion data set (its tokenization, padding,
           completion-only loss); precision and max_length are set equal to ours so only the data path differs
-Each variant runs in its own process (peak RSS is per process; on CUDA, peak allocated memory). The first
+Each variant runs in its own process (peak RSS of the process, and sampled while training runs: its peak and
+its growth over the RSS at the start of training; on CUDA, peak allocated memory during training). The first
 optimizer step is excluded from the rate (warm-up). On CUDA it also reports model-FLOPs utilization (MFU):
 model FLOPs (see model_flops) per second over --peak-tflops. Prints one JSON object.
 """
@@ -51,6 +52,36 @@ def example_lengths(batch: Any) -> list[int]:
         starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
         lengths += [b - a for a, b in zip(starts, starts[1:])]
     return lengths
+
+
+class RssSampler:
+    """Resident memory of this process, sampled every 10 ms from /proc while training runs: the peak of the
+    training itself, apart from the model load (whose peak ru_maxrss also holds)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.start = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def model_flops(config: Any, lora_params: int, real_tokens: int, pairs: int) -> float:
@@ -144,7 +175,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     trainer.add_callback(clock)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    with RssSampler() as rss:
+        trainer.train()
     (t0, trained0, tokens0, real0, pairs0), (t1, trained1, tokens1, real1, pairs1) = clock.marks[0], clock.marks[-1]
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops_per_s = model_flops(model.config, lora_params, real1 - real0, pairs1 - pairs0) / (t1 - t0)
@@ -157,6 +189,9 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         "real_tokens_per_s": (real1 - real0) / (t1 - t0),
         "model_tflops_per_s": flops_per_s / 1e12,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_at_train_start_mib": rss.start / 2**20,
+        "train_peak_rss_mib": rss.peak / 2**20,
+        "train_rss_growth_mib": (rss.peak - rss.start) / 2**20,
     }
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20

@@ -7,7 +7,7 @@ Here the model runs with its output head replaced by the identity, so it returns
 applied to the trained positions alone, a chunk at a time, each chunk recomputed in the backward pass
 (activation checkpointing), so at most one chunk of logits exists at once:
 
-    hidden [B, T, d] --select labels[:, 1:] != -100--> [N, d] --chunks of 1024: head, cross-entropy--> sum
+    hidden [B, T, d] --select labels[:, 1:] != -100--> [N, d] --chunks of 256: head, cross-entropy--> sum
 
 The head is frozen (LoRA leaves it alone, `all-linear` excludes it), so calling it outside the wrapped
 model's forward changes nothing for DDP. Models whose logits pass through more than a linear head
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
-CHUNK = 1024  # trained positions per chunk: 1024 x 49,152 float32 logits = 200 MB at most
+CHUNK = 256  # trained positions per chunk: 256 x 49,152 float32 logits = 50 MB (x3 with softmax and gradient)
 
 
 def causal_lm(model: Any) -> Any:
