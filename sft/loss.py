@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from sft.data.tokenize import IGNORE_INDEX
+
 CHUNK = 256  # trained positions per chunk: 256 x 49,152 float32 logits = 50 MB (x3 with softmax and gradient)
 
 
