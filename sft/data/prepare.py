@@ -24,6 +24,7 @@ from sft.data.prompts import build_segments, end_of_turn_token, render_prompt
 from sft.data.tokenize import TokenizeStats, tokenize_examples
 from sft.errors import DataError
 from sft.model import cache_root
+from sft.publish import publish_dir
 
 SPLITS = ("train", "eval")
 
@@ -129,24 +130,6 @@ def _write(prepared: Prepared, directory: Path) -> None:
     (directory / "report.json").write_text(json.dumps(prepared.report, indent=2) + "\n")
 
 
-def _publish_cache(prepared: Prepared, target: Path) -> None:
-    """Write a cache entry whole in a sibling temporary directory, then rename it into place. Every torchrun
-    rank prepares its data, so on a cold cache they all get here at once: the key names identical content,
-    the first rename wins, the others find a complete entry and drop theirs; no reader sees half an entry."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not (target / "report.json").is_file():  # left by a crash before this scheme
-        shutil.rmtree(target, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        _write(prepared, tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "report.json").is_file():  # not a lost race: a real error
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _save(prepared: Prepared, target: Path) -> None:
     """Write dataset/ and report.json into `target`, replacing what is there; report.json goes last, so
     a directory with a report always holds a complete dataset."""
@@ -180,7 +163,8 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     prepared = build(data, prompt, tokenizer, seed)
     prepared.report["cache"] = {"key": key, "hit": False}
     if use_cache:
-        _publish_cache(prepared, cached)
+        # every torchrun rank prepares its data: on a cold cache they all publish the same entry at once
+        publish_dir(cached, lambda tmp: _write(prepared, tmp), marker="report.json")
     return prepared
 
 
