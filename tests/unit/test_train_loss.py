@@ -165,6 +165,44 @@ def test_trained_token_loss_equals_the_models_own_loss(packing: bool, char_token
         torch.testing.assert_close(our_grads[name], model_grads[name], rtol=1e-5, atol=1e-7)
 
 
+def test_trained_token_loss_under_bf16_autocast_matches_the_models_own(char_tokenizer: Any, tmp_path: Path,
+                                                                      monkeypatch: Any) -> None:
+    """Mixed precision (what bf16 training on GPU runs): the head's matmul in bf16, the cross-entropy in float32,
+    as the model's head under autocast followed by its float32 loss."""
+    from sft import loss as sft_loss
+
+    monkeypatch.setattr(sft_loss, "CHUNK", 5)
+    batch = make_collator(True, char_tokenizer.pad_token_id)(list(prepared_splits(tmp_path, char_tokenizer, True)["train"])[:2])
+    results = []
+    for ours in (False, True):
+        model = lora_model(randomize=True).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if ours:
+                summed, count = sft_loss.forward_trained_loss_sum(model, batch)
+                loss = summed / count
+            else:
+                loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (model_loss, model_grads), (our_loss, our_grads) = results
+    assert our_loss.dtype == torch.float32 and count > 5
+    torch.testing.assert_close(our_loss, model_loss, rtol=1e-5, atol=1e-5)
+    for name in model_grads:
+        torch.testing.assert_close(our_grads[name], model_grads[name], rtol=2e-2, atol=1e-4)
+
+
+def test_nothing_trained_gives_a_zero_loss_and_zero_gradients() -> None:
+    from sft.loss import forward_trained_loss_sum
+
+    model = lora_model(randomize=True).train()
+    ids = torch.randint(4, 128, (2, 8))
+    summed, count = forward_trained_loss_sum(model, {"input_ids": ids, "labels": torch.full_like(ids, -100)})
+    summed.backward()
+    assert count == 0 andsummed.item() == 0.0
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert grads and all(g is None or not g.any() for g in grads)
+
+
 def test_a_trained_or_non_linear_head_falls_back_to_the_models_loss() -> None:
     from sft.loss import forward_trained_loss_sum
 
