@@ -24,8 +24,29 @@ def keep_one_cpu_kernel(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def embeddings_back_to_bf16(model: Any) -> None:
+    """peft's k-bit preparation casts every weight that is not quantized to float32: norms, and also the frozen
+    input embeddings and output head. Float32 embeddings make the whole residual stream float32, which doubles
+    the activations that gradient checkpointing keeps (one [tokens, hidden] tensor per layer) and makes the
+    head cast its weight to bf16 on every call. As the QLoRA reference code (artidoro/qlora) does, frozen
+    embeddings and head go back to bf16 when the 4-bit layers compute in bf16; norms stay float32. The head
+    then casts its input (the float32 output of the final norm) to bf16 itself, so it also works outside
+    autocast. Nothing changes for float32 compute (CPU) or fp16 (whose range float32 embeddings protect)."""
+    import torch
+
+    compute = {getattr(m, "compute_dtype", None) for m in model.modules()} - {None}
+    if compute != {torch.bfloat16}:
+        return
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    for module in (embed, head):
+        if module is not None and not any(p.requires_grad for p in module.parameters()):
+            module.to(torch.bfloat16)
+    if head is not None and getattr(head, "weight", None) is not None and head.weight.dtype == torch.bfloat16:
+        head.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
+
+
 def enable_checkpointing(model: Any, quant: QuantConfig, gradient_checkpointing: bool) -> Any:
-    """k-bit preparation (fp32 norms/embeddings, frozen base) for quantized models; checkpointing if asked."""
+    """k-bit preparation (fp32 norms, frozen base) for quantized models; checkpointing if asked."""
     from peft import prepare_model_for_kbit_training
 
     keep_one_cpu_kernel(model)
@@ -35,6 +56,7 @@ def enable_checkpointing(model: Any, quant: QuantConfig, gradient_checkpointing:
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         )
+        embeddings_back_to_bf16(model)
     else:
         for p in model.parameters():
             p.requires_grad_(False)

@@ -60,9 +60,10 @@ def head_as_identity(lm: Any, head: torch.nn.Module) -> Iterator[None]:
         lm.set_output_embeddings(head)
 
 
-def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The head's matmul dtype in the model's own forward: autocast's, else the head weight's."""
     device = hidden.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -78,7 +79,7 @@ class _TrainedTokenCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor | None) -> torch.Tensor:
-        dtype = _compute_dtype(hidden)
+        dtype = _compute_dtype(hidden, weight)
         with torch.autocast(hidden.device.type, enabled=False):
             w, b = weight.to(dtype), None if bias is None else bias.to(dtype)  # one cast, not one per chunk
             log_z = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)

@@ -198,7 +198,7 @@ def test_nothing_trained_gives_a_zero_loss_and_zero_gradients() -> None:
     ids = torch.randint(4, 128, (2, 8))
     summed, count = forward_trained_loss_sum(model, {"input_ids": ids, "labels": torch.full_like(ids, -100)})
     summed.backward()
-    assert count == 0 andsummed.item() == 0.0
+    assert count == 0 and summed.item() == 0.0
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
     assert grads and all(g is None or not g.any() for g in grads)
 
@@ -244,3 +244,30 @@ def test_gradient_checkpointing_trains_lora_on_a_frozen_base(quant: str, tmp_pat
     lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+
+
+@pytest.mark.parametrize("compute", ["bfloat16", "float32"])
+def test_kbit_preparation_keeps_frozen_embeddings_in_bf16_compute(compute: str, tmp_path: Path) -> None:
+    """peft upcasts every non-quantized weight to float32; with bf16 compute the frozen embeddings and head go
+    back to bf16 (residual stream and checkpointed activations in bf16, as QLoRA), norms and LoRA stay float32,
+    and the checkpointed step still trains LoRA."""
+    from sft.config import ModelConfig
+    from sft.loss import forward_trained_loss_sum
+    from sft.model import load_model
+
+    tiny_llama().save_pretrained(tmp_path / "tiny")
+    quant = QuantConfig(name="nf4", compute_dtype=compute)
+    model = add_lora(load_model(ModelConfig(path=str(tmp_path / "tiny")), quant, device="cpu"), quant,
+                     LoraConfig(r=4, alpha=8), gradient_checkpointing=True).train()
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert embed.weight.dtype == head.weight.dtype == getattr(torch, compute)
+    norms = [p for n, p in model.named_parameters() if "norm" in n]
+    assert norms and all(p.dtype == torch.float32 for p in norms)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+    ids = torch.randint(4, 128, (2, 16))
+    own = model(input_ids=ids, labels=ids).loss
+    own.backward()
+    lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
+    summed, count = forward_trained_loss_sum(model, {"input_ids": ids, "labels": ids})  # also with a bf16 head
+    torch.testing.assert_close(summed / count, own, rtol=1e-5, atol=1e-5)
