@@ -8,8 +8,10 @@ nf4, LoRA r=16 on all linear layers, same steps, micro-batch size, accumulation 
           completion-only loss); precision and max_length are set equal to ours so only the data path differs
 Each variant runs in its own process (peak RSS of the process, and sampled while training runs: its peak and
 its growth over the RSS at the start of training; on CUDA, peak allocated memory during training). The first
-optimizer step is excluded from the rate (warm-up). On CUDA it also reports model-FLOPs utilization (MFU):
-model FLOPs (see model_flops) per second over --peak-tflops. Prints one JSON object.
+optimizer step is excluded from the rate (warm-up). On CPU one more step runs after the timed ones under
+torch's memory profiler, for its peak of live tensor memory (RSS is mostly the C allocator's cache). On CUDA
+it also reports model-FLOPs utilization (MFU): model FLOPs (see model_flops) per second over --peak-tflops.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -97,6 +99,56 @@ def model_flops(config: Any, lora_params: int, real_tokens: int, pairs: int) -> 
     return (4 * base + 6 * lora_params) * real_tokens + 12 * layers * heads * head_dim * pairs
 
 
+def total_steps(args: argparse.Namespace) -> int:
+    """The timed steps, plus one profiled step on CPU (see TensorPeak)."""
+    return args.steps + (0 if args.no_tensor_peak or cuda_available() else 1)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class TensorPeak:
+    """On CPU, RSS mostly measures the C allocator (freed blocks it keeps), not what the training holds. This
+    profiles one extra optimizer step, after the timed ones, with torch's memory profiler and reports the
+    peak of live tensor memory during it over the tensors alive when it starts (the counterpart of CUDA's
+    peak allocated memory above the model)."""
+
+    def __init__(self, profiled_step: int) -> None:
+        import torch
+
+        self.step, self.peak_mib = profiled_step, None
+        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
+                                           record_shapes=True, with_stack=True)
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Profile(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                if state.global_step == outer.step - 1:
+                    outer.prof.start()
+                elif state.global_step == outer.step:
+                    outer.prof.stop()
+                    outer.peak_mib = outer.measure()
+
+        return Profile()
+
+    def measure(self) -> float:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
+            with open(f"{tmp}/timeline.json") as f:
+                _, sizes = json.load(f)
+        totals = [sum(row) for row in sizes]
+        return (max(totals) - totals[0]) / 2**20
+
+
 def step_clock(counter: CountingCollator) -> Any:
     from transformers import TrainerCallback
 
@@ -131,7 +183,7 @@ def ours(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any
 
     data, prompt, quant = cfgs
     dataset = prepare(data, prompt, tokenizer, seed=0, use_cache=False).datasets["train"]
-    train = TrainConfig(lr=2e-4, max_steps=args.steps, micro_batch_size=args.micro_batch_size,
+    train = TrainConfig(lr=2e-4, max_steps=total_steps(args), micro_batch_size=args.micro_batch_size,
                         grad_accum=args.grad_accum, save_steps=10**6, optim=args.optim)
     targs = training_arguments(train, quant, 0, Path(args.tmp), has_eval=False)
     targs.save_strategy, targs.disable_tqdm = "no", True
@@ -154,7 +206,7 @@ def trl(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any:
     device = pick_device()
     bf16 = device == "cuda" and str(compute_dtype(quant.compute_dtype, device)) == "torch.bfloat16"
     config = SFTConfig(
-        output_dir=args.tmp, max_steps=args.steps, per_device_train_batch_size=args.micro_batch_size,
+        output_dir=args.tmp, max_steps=total_steps(args), per_device_train_batch_size=args.micro_batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=2e-4, lr_scheduler_type="cosine",
         warmup_steps=0.03, max_grad_norm=0.3, bf16=bf16, fp16=False, max_length=data.max_seq_len,
         save_strategy="no", report_to="none", disable_tqdm=True, seed=0, use_cpu=device == "cpu",
@@ -173,11 +225,15 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     trainer, counter = (trl if args.variant == "trl" else ours)(args, tokenizer, model, cfgs)
     clock = step_clock(counter)
     trainer.add_callback(clock)
+    tensor_peak = TensorPeak(args.steps + 1) if total_steps(args) > args.steps else None
+    if tensor_peak:
+        trainer.add_callback(tensor_peak.callback())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with RssSampler() as rss:
         trainer.train()
-    (t0, trained0, tokens0, real0, pairs0), (t1, trained1, tokens1, real1, pairs1) = clock.marks[0], clock.marks[-1]
+    timed = clock.marks[: args.steps]
+    (t0, trained0, tokens0, real0, pairs0), (t1, trained1, tokens1, real1, pairs1) = timed[0], timed[-1]
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops_per_s = model_flops(model.config, lora_params, real1 - real0, pairs1 - pairs0) / (t1 - t0)
     out = {
@@ -185,7 +241,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s_incl_padding": (tokens1 - tokens0) / (t1 - t0),
         "trained_tokens": trained1,
         "padding_or_masked_share": 1 - trained1 / max(tokens1, 1),
-        "seconds_per_step": (t1 - t0) / (len(clock.marks) - 1),
+        "seconds_per_step": (t1 - t0) / (len(timed) - 1),
         "real_tokens_per_s": (real1 - real0) / (t1 - t0),
         "model_tflops_per_s": flops_per_s / 1e12,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -193,6 +249,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         "train_peak_rss_mib": rss.peak / 2**20,
         "train_rss_growth_mib": (rss.peak - rss.start) / 2**20,
     }
+    if tensor_peak:
+        out["tensor_peak_mib_over_step_start"] = tensor_peak.peak_mib
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
         if args.peak_tflops:
@@ -211,6 +269,8 @@ def main() -> None:
     parser.add_argument("--optim", default="auto", help="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU (as sft-train)")
     parser.add_argument("--peak-tflops", type=float, default=989.4,
                         help="the GPU's dense bf16 peak for MFU (H100/H200 SXM: 989.4; 0 = no MFU)")
+    parser.add_argument("--no-tensor-peak", action="store_true",
+                        help="CPU: skip the extra profiled step that measures peak live tensor memory")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one variant, in-process
     parser.add_argument("--tmp", default="/tmp/sft-bench-train", help=argparse.SUPPRESS)
     args = parser.parse_args()
