@@ -76,9 +76,15 @@ class RssSampler:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
+        self.freeze()
+
+    def freeze(self) -> None:
+        """Stop sampling (before the profiled step: the profiler's own records would count)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+            self.maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss_bytes() -> int:
@@ -116,10 +122,10 @@ class TensorPeak:
     peak of live tensor memory during it over the tensors alive when it starts (the counterpart of CUDA's
     peak allocated memory above the model)."""
 
-    def __init__(self, profiled_step: int) -> None:
+    def __init__(self, profiled_step: int, rss: RssSampler) -> None:
         import torch
 
-        self.step, self.peak_mib = profiled_step, None
+        self.step, self.peak_mib, self.rss = profiled_step, None, rss
         self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
                                            record_shapes=True, with_stack=True)
 
@@ -131,6 +137,7 @@ class TensorPeak:
         class Profile(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 if state.global_step == outer.step - 1:
+                    outer.rss.freeze()
                     outer.prof.start()
                 elif state.global_step == outer.step:
                     outer.prof.stop()
@@ -225,12 +232,13 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     trainer, counter = (trl if args.variant == "trl" else ours)(args, tokenizer, model, cfgs)
     clock = step_clock(counter)
     trainer.add_callback(clock)
-    tensor_peak = TensorPeak(args.steps + 1) if total_steps(args) > args.steps else None
+    rss = RssSampler()
+    tensor_peak = TensorPeak(args.steps + 1, rss) if total_steps(args) > args.steps else None
     if tensor_peak:
         trainer.add_callback(tensor_peak.callback())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    with RssSampler() as rss:
+    with rss:
         trainer.train()
     timed = clock.marks[: args.steps]
     (t0, trained0, tokens0, real0, pairs0), (t1, trained1, tokens1, real1, pairs1) = timed[0], timed[-1]
@@ -244,7 +252,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_step": (t1 - t0) / (len(timed) - 1),
         "real_tokens_per_s": (real1 - real0) / (t1 - t0),
         "model_tflops_per_s": flops_per_s / 1e12,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": rss.maxrss / 2**20,  # of the process up to the end of the timed steps
         "rss_at_train_start_mib": rss.start / 2**20,
         "train_peak_rss_mib": rss.peak / 2**20,
         "train_rss_growth_mib": (rss.peak - rss.start) / 2**20,
