@@ -138,6 +138,24 @@ def test_labels_reaching_the_loss_are_the_prepared_labels(packing: bool, char_to
     assert sorted(seen) == sorted(expected)  # every prepared row exactly once per epoch, unchanged
 
 
+def model_and_trained_token_losses(batch: dict[str, torch.Tensor], bf16_autocast: bool = False) -> Any:
+    """(loss, LoRA grads) of the model's own loss and of sft.loss on identical fresh models, and the count."""
+    from sft import loss as sft_loss
+
+    results, count = [], None
+    for ours in (False, True):
+        model = lora_model(randomize=True).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast):
+            if ours:
+                summed, count = sft_loss.forward_trained_loss_sum(model, batch)
+                loss = summed / count
+            else:
+                loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    return results, count
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_trained_token_loss_equals_the_models_own_loss(packing: bool, char_tokenizer: Any, tmp_path: Path,
                                                         monkeypatch: Any) -> None:
@@ -147,17 +165,7 @@ def test_trained_token_loss_equals_the_models_own_loss(packing: bool, char_token
     monkeypatch.setattr(sft_loss, "CHUNK", 7)  # several chunks, the last one partial
     rows = list(prepared_splits(tmp_path, char_tokenizer, packing)["train"])[:4]
     batch = make_collator(packing, char_tokenizer.pad_token_id)(rows)
-    results = []
-    for ours in (False, True):
-        model = lora_model(randomize=True).train()
-        if ours:
-            summed, count = sft_loss.forward_trained_loss_sum(model, batch)
-            loss = summed / count
-        else:
-            loss = model(**batch).loss
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
-    (model_loss, model_grads), (our_loss, our_grads) = results
+    ((model_loss, model_grads), (our_loss, our_grads)), count = model_and_trained_token_losses(batch)
     assert count == int((batch["labels"][:, 1:] != -100).sum()) > 7
     torch.testing.assert_close(our_loss, model_loss, rtol=1e-6, atol=1e-6)
     assert our_grads.keys() == model_grads.keys() and any("lora_B" in n for n in our_grads)
@@ -173,20 +181,10 @@ def test_trained_token_loss_under_bf16_autocast_matches_the_models_own(char_toke
 
     monkeypatch.setattr(sft_loss, "CHUNK", 5)
     batch = make_collator(True, char_tokenizer.pad_token_id)(list(prepared_splits(tmp_path, char_tokenizer, True)["train"])[:2])
-    results = []
-    for ours in (False, True):
-        model = lora_model(randomize=True).train()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            if ours:
-                summed, count = sft_loss.forward_trained_loss_sum(model, batch)
-                loss = summed / count
-            else:
-                loss = model(**batch).loss
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
-    (model_loss, model_grads), (our_loss, our_grads) = results
+    ((model_loss, model_grads), (our_loss, our_grads)), count = model_and_trained_token_losses(batch, bf16_autocast=True)
     assert our_loss.dtype == torch.float32 and count > 5
     torch.testing.assert_close(our_loss, model_loss, rtol=1e-5, atol=1e-5)
+    assert our_grads.keys() == model_grads.keys()
     for name in model_grads:
         torch.testing.assert_close(our_grads[name], model_grads[name], rtol=2e-2, atol=1e-4)
 
