@@ -107,13 +107,9 @@ def model_flops(config: Any, lora_params: int, real_tokens: int, pairs: int) -> 
 
 def total_steps(args: argparse.Namespace) -> int:
     """The timed steps, plus one profiled step on CPU (see TensorPeak)."""
-    return args.steps + (0 if args.no_tensor_peak or cuda_available() else 1)
+    from sft.model import pick_device
 
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return args.steps + (0 if args.no_tensor_peak or pick_device() == "cuda" else 1)
 
 
 class TensorPeak:
