@@ -121,7 +121,7 @@ class TensorPeak:
     def __init__(self, profiled_step: int, rss: RssSampler) -> None:
         import torch
 
-        self.step, self.peak_mib, self.rss = profiled_step, None, rss
+        self.step, self.peak_mib, self.start_mib, self.rss = profiled_step, None, None, rss
         self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
                                            record_shapes=True, with_stack=True)
 
@@ -149,6 +149,7 @@ class TensorPeak:
             with open(f"{tmp}/timeline.json") as f:
                 _, sizes = json.load(f)
         totals = [sum(row) for row in sizes]
+        self.start_mib = totals[0] / 2**20  # model, LoRA, optimizer state: what CUDA's peak also counts
         return (max(totals) - totals[0]) / 2**20
 
 
@@ -172,7 +173,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     tokenizer = load_tokenizer(ModelConfig())
     set_seed(0)
-    quant = QuantConfig(name=args.quant)
+    quant = QuantConfig(name=args.quant, compute_dtype=args.compute_dtype)
     model = add_lora(load_model(ModelConfig(), quant), quant, LoraConfig(r=16, alpha=32, dropout=0.05), True)
     data = DataConfig(path=args.data, max_seq_len=args.max_seq_len, packing=args.variant == "packed")
     return tokenizer, model, (data, PromptConfig(name="alpaca"), quant)
@@ -207,7 +208,7 @@ def trl(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any:
     records = load_records(data.path, data).records
     rows = [{"prompt": render_prompt(r, prompt, tokenizer), "completion": r["output"]} for r in records]
     device = pick_device()
-    bf16 = device == "cuda" and str(compute_dtype(quant.compute_dtype, device)) == "torch.bfloat16"
+    bf16 = str(compute_dtype(quant.compute_dtype, device)) == "torch.bfloat16"  # as ours: autocast on CPU too
     config = SFTConfig(
         output_dir=args.tmp, max_steps=total_steps(args), per_device_train_batch_size=args.micro_batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=2e-4, lr_scheduler_type="cosine",
@@ -247,6 +248,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         "padding_or_masked_share": 1 - trained1 / max(tokens1, 1),
         "seconds_per_step": (t1 - t0) / (len(timed) - 1),
         "real_tokens_per_s": (real1 - real0) / (t1 - t0),
+        "real_share_of_token_slots": (real1 - real0) / max(tokens1 - tokens0, 1),
         "model_tflops_per_s": flops_per_s / 1e12,
         "peak_rss_mib": rss.maxrss / 2**20,  # of the process up to the end of the timed steps
         "rss_at_train_start_mib": rss.start / 2**20,
@@ -255,6 +257,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     }
     if tensor_peak:
         out["tensor_peak_mib_over_step_start"] = tensor_peak.peak_mib
+        out["tensor_peak_mib"] = tensor_peak.start_mib + tensor_peak.peak_mib
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
         if args.peak_tflops:
@@ -270,6 +273,9 @@ def main() -> None:
     parser.add_argument("--micro-batch-size", type=int, default=2, help="rows per forward pass")
     parser.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
     parser.add_argument("--quant", default="nf4", choices=("nf4", "fp4", "int8", "none"))
+    parser.add_argument("--compute-dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                        help="4-bit compute dtype and autocast (auto: bf16 on GPU, fp32 on CPU); bfloat16 on a CPU "
+                             "runs the GPU's precision, so the tensor peaks estimate GPU memory")
     parser.add_argument("--optim", default="auto", help="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU (as sft-train)")
     parser.add_argument("--peak-tflops", type=float, default=989.4,
                         help="the GPU's dense bf16 peak for MFU (H100/H200 SXM: 989.4; 0 = no MFU)")
@@ -294,13 +300,17 @@ def main() -> None:
             sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
         results[variant] = json.loads(lines[-1].removeprefix("RESULT "))
     rate = {v: results[v]["trained_tokens_per_s"] for v in VARIANTS}
+    share = {v: results[v]["real_share_of_token_slots"] for v in VARIANTS}
     summary = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-        "model": "embedded SmolLM2-135M-Instruct", "quant": args.quant, "data": str(args.data),
+        "model": "embedded SmolLM2-135M-Instruct", "quant": args.quant, "compute_dtype": args.compute_dtype, "data": str(args.data),
         "steps": args.steps, "micro_batch_size": args.micro_batch_size, "grad_accum": args.grad_accum,
         "max_seq_len": args.max_seq_len, "load_average_1m": os.getloadavg()[0],
         "variants": results,
         "packed_vs_padded": rate["packed"] / rate["padded"], "packed_vs_trl": rate["packed"] / rate["trl"],
+        # where a step's cost is proportional to its token slots (compute-bound, as on CPU), packing can gain at
+        # most what padding wastes: this ratio of real shares bounds packed_vs_padded (per-call costs aside)
+        "packed_vs_padded_slot_bound": share["packed"] / share["padded"],
     }
     print(json.dumps(summary, indent=2))
 

@@ -33,7 +33,8 @@ def training_arguments(
     """model_dtype: ModelConfig.dtype, which sets the compute precision when nothing is quantized."""
     device = pick_device()
     precision = model_dtype if quant.name == "none" else quant.compute_dtype
-    dtype = str(compute_dtype(precision, device)).removeprefix("torch.")  # bf16/fp16 -> mixed precision on GPU
+    # bf16 -> bf16 autocast (on CPU too, when asked for: the GPU's numerics on a CPU); fp16 -> fp16 on GPU only
+    dtype = str(compute_dtype(precision, device)).removeprefix("torch.")
     eval_steps = train.eval_steps if has_eval and train.eval_steps > 0 else None
     return TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),
@@ -51,7 +52,7 @@ def training_arguments(
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         optim=pick_optimizer(train.optim, device),
-        bf16=device == "cuda" and dtype == "bfloat16",
+        bf16=dtype == "bfloat16",
         fp16=device == "cuda" and dtype == "float16",
         logging_steps=train.logging_steps,
         eval_strategy="steps" if eval_steps else "no",

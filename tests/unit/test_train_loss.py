@@ -269,3 +269,33 @@ def test_kbit_preparation_keeps_frozen_embeddings_in_bf16_compute(compute: str, 
     assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
     summed, count = forward_trained_loss_sum(model, {"input_ids": ids, "labels": ids})  # also with a bf16 head
     torch.testing.assert_close(summed / count, own, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("compute", ["bfloat16", "auto"])
+def test_bf16_compute_trains_under_bf16_autocast_on_cpu_too(compute: str, char_tokenizer: Any, tmp_path: Path) -> None:
+    """quant.compute_dtype=bfloat16 gives the GPU's numerics on a CPU (bf16 autocast around the forward, bf16
+    frozen embeddings): a CPU run that reproduces GPU training, and the benchmark's GPU memory emulation. The
+    CPU default (auto = float32) stays out of autocast."""
+    from sft.config import ModelConfig
+    from sft.model import load_model
+
+    tiny_llama().save_pretrained(tmp_path / "tiny")
+    quant = QuantConfig(name="nf4", compute_dtype=compute)
+    model = add_lora(load_model(ModelConfig(path=str(tmp_path / "tiny")), quant, device="cpu"), quant,
+                     LoraConfig(r=4, alpha=8, dropout=0.0), gradient_checkpointing=True)
+    seen: list[tuple[bool, torch.dtype]] = []
+    model.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: seen.append((torch.is_autocast_enabled("cpu"), out.dtype)) if mod.training else None)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cfg = TrainConfig(lr=1e-3, warmup_ratio=0.0, save_steps=1000, micro_batch_size=2, grad_accum=1, max_steps=2)
+    args = training_arguments(cfg, quant, seed=0, out_dir=tmp_path / "run", has_eval=False)
+    args.disable_tqdm = True
+    assert args.bf16 is (compute == "bfloat16") and not args.fp16
+    train = prepared_splits(tmp_path / "data", char_tokenizer, packing=True)["train"]
+    result = SftTrainer(model=model, args=args, train_dataset=train, data_collator=PackedCollator()).train()
+
+    expected = (True, torch.bfloat16) if compute == "bfloat16" else (False, torch.float32)
+    assert seen and set(seen) == {expected}
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before if "lora_B" in n)
