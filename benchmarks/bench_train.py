@@ -1,8 +1,9 @@
-"""python benchmarks/bench_train.py /work/shared/data/alpaca_en_demo.json [--steps 6] [--max-seq-len 512]
+"""python benchmarks/bench_train.py /work/shared/data/alpaca_en_demo.json [--steps 5] [--max-seq-len 512]
 
 Trained tokens per second and peak memory of three ways to run the same QLoRA training (embedded SmolLM2-135M,
-nf4, LoRA r=16 on all linear layers, same steps, micro-batch size, accumulation and learning rate):
-  packed  our pipeline, padding-free packed rows (position_ids), PackedCollator
+nf4, LoRA r=16 on all linear layers, same steps, micro-batch size, accumulation and learning rate; by default
+sft-train's micro-batch 4 and accumulation 4):
+  packed  our pipeline, padding-free packed rows (position_ids), PackedCollator, sdpa_varlen attention
   padded  our pipeline, one example per row, dynamic padding to the longest row, PaddedCollator
   trl     TRL's SFTTrainer on its own defaults for a prompt/completion data set (its tokenization, padding,
           completion-only loss); precision and max_length are set equal to ours so only the data path differs
@@ -268,10 +269,10 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="Alpaca-format .json/.jsonl (e.g. ../shared/data/alpaca_en_demo.json)")
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per variant (the first is warm-up)")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per variant (the first is warm-up)")
     parser.add_argument("--max-seq-len", type=int, default=512, help="tokens per example / packed row")
-    parser.add_argument("--micro-batch-size", type=int, default=2, help="rows per forward pass")
-    parser.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
+    parser.add_argument("--micro-batch-size", type=int, default=4, help="rows per forward pass (sft-train's default)")
+    parser.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step (sft-train's default)")
     parser.add_argument("--quant", default="nf4", choices=("nf4", "fp4", "int8", "none"))
     parser.add_argument("--compute-dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                         help="4-bit compute dtype and autocast (auto: bf16 on GPU, fp32 on CPU); bfloat16 on a CPU "

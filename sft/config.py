@@ -29,7 +29,9 @@ class ModelConfig:
     revision: str | None = None  # Hub revision (branch, tag or commit); ignored for local paths
     trust_remote_code: bool = False  # run model code from the Hub only when the user opts in
     dtype: str = "auto"  # weights of non-quantized layers: auto (bf16 on capable GPUs, else fp32)|float32|bfloat16|float16
-    attn_implementation: str = "sdpa"  # sdpa keeps packed rows block-diagonal via position_ids
+    # sdpa_varlen: sdpa, with packed rows attending one example at a time (sft/attention.py); or any transformers
+    # name: sdpa (packed rows as one dense block-diagonal mask), eager, flash_attention_2 (if installed)
+    attn_implementation: str = "sdpa_varlen"
 
     def problems(self, key: str) -> list[str]:
         return _choice(f"{key}.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))

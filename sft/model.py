@@ -140,6 +140,9 @@ def load_model(cfg: ModelConfig, quant: QuantConfig, device: str | None = None, 
     """The base causal LM on `device` (default: CUDA when present, else CPU), quantized as `quant` says."""
     from transformers import AutoModelForCausalLM
 
+    from sft.attention import register
+
+    register()  # model.attn_implementation=sdpa_varlen
     device = device or pick_device()
     source = path or resolve_model_path(cfg)
     dtype = compute_dtype(cfg.dtype if quant.name == "none" else quant.compute_dtype, device)
