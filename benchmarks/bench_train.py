@@ -150,11 +150,12 @@ class TensorPeak:
                 if outer.running:
                     outer.prof.stop()
                     outer.running = False
-                    outer.peak_mib = outer.measure()
+                    outer.start_mib, outer.peak_mib = outer.measure()
 
         return Profile()
 
-    def measure(self) -> float:
+    def measure(self) -> tuple[float, float]:
+        """(MiB alive at the profile's start: model, LoRA, optimizer state; peak MiB over that start)."""
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -162,8 +163,7 @@ class TensorPeak:
             with open(f"{tmp}/timeline.json") as f:
                 _, sizes = json.load(f)
         totals = [sum(row) for row in sizes]
-        self.start_mib = totals[0] / 2**20  # model, LoRA, optimizer state: what CUDA's peak also counts
-        return (max(totals) - totals[0]) / 2**20
+        return totals[0] / 2**20, (max(totals) - totals[0]) / 2**20
 
 
 def step_clock(counter: CountingCollator) -> Any:
