@@ -176,17 +176,23 @@ def test_trained_token_loss_equals_the_models_own_loss(packing: bool, char_token
 def test_trained_token_loss_under_bf16_autocast_matches_the_models_own(char_tokenizer: Any, tmp_path: Path,
                                                                       monkeypatch: Any) -> None:
     """Mixed precision (what bf16 training on GPU runs): the head's matmul in bf16, the cross-entropy in float32,
-    as the model's head under autocast followed by its float32 loss."""
+    as the model's head under autocast followed by its float32 loss. The loss matches the model's own; the
+    gradients round differently (ours scales by 1/N after the bf16 matmul, autograd before it), so they must be
+    no further from the float32 gradients than the model's own bf16 gradients are."""
     from sft import loss as sft_loss
 
     monkeypatch.setattr(sft_loss, "CHUNK", 5)
     batch = make_collator(True, char_tokenizer.pad_token_id)(list(prepared_splits(tmp_path, char_tokenizer, True)["train"])[:2])
     ((model_loss, model_grads), (our_loss, our_grads)), count = model_and_trained_token_losses(batch, bf16_autocast=True)
+    ((_, exact_grads), _), _ = model_and_trained_token_losses(batch)
     assert our_loss.dtype == torch.float32 and count > 5
     torch.testing.assert_close(our_loss, model_loss, rtol=1e-5, atol=1e-5)
-    assert our_grads.keys() == model_grads.keys()
+    assert our_grads.keys() == model_grads.keys() == exact_grads.keys()
     for name in model_grads:
-        torch.testing.assert_close(our_grads[name], model_grads[name], rtol=2e-2, atol=1e-4)
+        ours_off = (our_grads[name] - exact_grads[name]).norm()
+        model_off = (model_grads[name] - exact_grads[name]).norm()
+        assert ours_off <= 1.5 * model_off + 1e-6 * exact_grads[name].norm(), name
+        torch.testing.assert_close(our_grads[name], model_grads[name], rtol=0.1, atol=1e-3)
 
 
 def test_nothing_trained_gives_a_zero_loss_and_zero_gradients() -> None:
