@@ -1,19 +1,25 @@
-"""python benchmarks/bench_train.py /work/shared/data/alpaca_en_demo.json [--steps 5] [--max-seq-len 512]
+"""python benchmarks/bench_train.py /work/shared/data/alpaca_en_demo.json [--examples 160 | --steps 5] [--max-seq-len 512]
 
 Trained tokens per second and peak memory of three ways to run the same QLoRA training (embedded SmolLM2-135M,
-nf4, LoRA r=16 on all linear layers, same steps, micro-batch size, accumulation and learning rate; by default
+nf4, LoRA r=16 on all linear layers, same micro-batch size, accumulation and learning rate; by default
 sft-train's micro-batch 4 and accumulation 4):
   packed  our pipeline, padding-free packed rows (position_ids), PackedCollator, sdpa_varlen attention
   padded  our pipeline, one example per row, dynamic padding to the longest row, PaddedCollator
   trl     TRL's SFTTrainer on its own defaults for a prompt/completion data set (its tokenization, padding,
           completion-only loss); precision and max_length are set equal to ours so only the data path differs
+Two ways to pick the work:
+  --examples N (default 160)  each variant trains one epoch over the same N records (a seeded sample of the
+          file): the same trained tokens, so the rates compare the time each takes for the same data. One
+          untimed forward and backward of a micro-batch warms up first (no optimizer step; gradients zeroed).
+  --steps S (with --examples 0)  each variant runs S optimizer steps on its own order of the whole file; the
+          first step is warm-up, excluded from the rate. Packed steps hold ~3x the examples of padded ones, so
+          the trained tokens differ and so, by sampling, does their share of prompt tokens.
 Each variant runs in its own process (peak RSS of the process, and sampled while training runs: its peak and
-its growth over the RSS at the start of training; on CUDA, peak allocated memory during training). The first
-optimizer step is excluded from the rate (warm-up). On CPU one more step runs after the timed ones under
-torch's memory profiler, for the peak of live tensor memory in its first micro-batch (RSS is mostly the C
-allocator's cache). On CUDA
-it also reports model-FLOPs utilization (MFU): model FLOPs (see model_flops) per second over --peak-tflops.
-Prints one JSON object.
+its growth over the RSS at the start of training; on CUDA, peak allocated memory during training). On CPU,
+RSS is mostly the C allocator's cache, so torch's memory profiler also measures the peak of live tensor memory
+during one micro-batch (forward and backward): the warm-up micro-batch with --examples, the first micro-batch
+of one extra step after the timed ones with --steps. On CUDA it also reports model-FLOPs utilization (MFU):
+model FLOPs (see model_flops) per second over --peak-tflops. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -107,11 +113,17 @@ def model_flops(config: Any, lora_params: int, real_tokens: int, pairs: int) -> 
     return (4 * base + 6 * lora_params) * real_tokens + 12 * layers * heads * head_dim * pairs
 
 
-def total_steps(args: argparse.Namespace) -> int:
-    """The timed steps, plus one profiled step on CPU (see TensorPeak)."""
+def profile_tensors(args: argparse.Namespace) -> bool:
     from sft.model import pick_device
 
-    return args.steps + (0 if args.no_tensor_peak or pick_device() == "cuda" else 1)
+    return not args.no_tensor_peak and pick_device() != "cuda"
+
+
+def total_steps(args: argparse.Namespace) -> int:
+    """--steps: the timed steps, plus one profiled step on CPU (see TensorPeak); --examples: -1 (one epoch)."""
+    if args.examples:
+        return -1
+    return args.steps + (1 if profile_tensors(args) else 0)
 
 
 class TensorPeak:
@@ -172,10 +184,31 @@ def step_clock(counter: CountingCollator) -> Any:
     class Clock(TrainerCallback):
         marks: list[tuple[float, int, int, int, int]] = []
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.marks.append((time.perf_counter(), counter.trained, counter.tokens, counter.real, counter.pairs))
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.marks.append((time.perf_counter(), counter.trained, counter.tokens, counter.real, counter.pairs))
 
     return Clock()
+
+
+def warm_up(trainer: Any, counter: CountingCollator, tensor_peak: "TensorPeak | None") -> None:
+    """--examples: one forward and backward of the first micro-batch before the timed epoch (kernels, allocator),
+    under the tensor profiler when there is one; no optimizer step, gradients zeroed, counters reset."""
+    import torch
+
+    model = trainer.model.train()
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trained = torch.tensor(int((inputs["labels"][..., 1:] != -100).sum()))
+    if tensor_peak:
+        tensor_peak.prof.start()
+    trainer.compute_loss(model, inputs, num_items_in_batch=trained).backward()
+    if tensor_peak:
+        tensor_peak.prof.stop()
+        tensor_peak.start_mib, tensor_peak.peak_mib = tensor_peak.measure()
+    model.zero_grad(set_to_none=True)
+    counter.trained = counter.tokens = counter.real = counter.pairs = 0
 
 
 def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -188,7 +221,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     set_seed(0)
     quant = QuantConfig(name=args.quant, compute_dtype=args.compute_dtype)
     model = add_lora(load_model(ModelConfig(), quant), quant, LoraConfig(r=16, alpha=32, dropout=0.05), True)
-    data = DataConfig(path=args.data, max_seq_len=args.max_seq_len, packing=args.variant == "packed")
+    data = DataConfig(path=args.subset or args.data, max_seq_len=args.max_seq_len, packing=args.variant == "packed")
     return tokenizer, model, (data, PromptConfig(name="alpaca"), quant)
 
 
@@ -200,7 +233,7 @@ def ours(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any
 
     data, prompt, quant = cfgs
     dataset = prepare(data, prompt, tokenizer, seed=0, use_cache=False).datasets["train"]
-    train = TrainConfig(lr=2e-4, max_steps=total_steps(args), micro_batch_size=args.micro_batch_size,
+    train = TrainConfig(lr=2e-4, max_steps=total_steps(args), epochs=1, micro_batch_size=args.micro_batch_size,
                         grad_accum=args.grad_accum, save_steps=10**6, optim=args.optim)
     targs = training_arguments(train, quant, 0, Path(args.tmp), has_eval=False)
     targs.save_strategy, targs.disable_tqdm = "no", True
@@ -223,7 +256,7 @@ def trl(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any:
     device = pick_device()
     bf16 = str(compute_dtype(quant.compute_dtype, device)) == "torch.bfloat16"  # as ours: autocast on CPU too
     config = SFTConfig(
-        output_dir=args.tmp, max_steps=total_steps(args), per_device_train_batch_size=args.micro_batch_size,
+        output_dir=args.tmp, max_steps=total_steps(args), num_train_epochs=1, per_device_train_batch_size=args.micro_batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=2e-4, lr_scheduler_type="cosine",
         warmup_steps=0.03, max_grad_norm=0.3, bf16=bf16, fp16=False, max_length=data.max_seq_len,
         save_strategy="no", report_to="none", disable_tqdm=True, seed=0, use_cpu=device == "cpu",
@@ -243,22 +276,29 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     clock = step_clock(counter)
     trainer.add_callback(clock)
     rss = RssSampler()
-    tensor_peak = TensorPeak(args.steps + 1, rss) if total_steps(args) > args.steps else None
-    if tensor_peak:
+    tensor_peak = TensorPeak(args.steps + 1, rss) if profile_tensors(args) else None
+    if args.examples:
+        warm_up(trainer, counter, tensor_peak)
+    elif tensor_peak:
         trainer.add_callback(tensor_peak.callback())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    rss = RssSampler()  # after the warm-up's profiler records
+    if tensor_peak:
+        tensor_peak.rss = rss
     with rss:
         trainer.train()
-    timed = clock.marks[: args.steps]
+    # --examples: from the start of training to the end of the epoch; --steps: from the end of the first step
+    timed = clock.marks if args.examples else clock.marks[1 : args.steps + 1]
     (t0, trained0, tokens0, real0, pairs0), (t1, trained1, tokens1, real1, pairs1) = timed[0], timed[-1]
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops_per_s = model_flops(model.config, lora_params, real1 - real0, pairs1 - pairs0) / (t1 - t0)
     out = {
         "trained_tokens_per_s": (trained1 - trained0) / (t1 - t0),
         "tokens_per_s_incl_padding": (tokens1 - tokens0) / (t1 - t0),
-        "trained_tokens": trained1,
-        "padding_or_masked_share": 1 - trained1 / max(tokens1, 1),
+        "trained_tokens": trained1 - trained0,
+        "optimizer_steps": len(timed) - 1,
+        "padding_or_masked_share": 1 - (trained1 - trained0) / max(tokens1 - tokens0, 1),
         "seconds_per_step": (t1 - t0) / (len(timed) - 1),
         "real_tokens_per_s": (real1 - real0) / (t1 - t0),
         "real_share_of_token_slots": (real1 - real0) / max(tokens1 - tokens0, 1),
@@ -269,6 +309,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         "train_rss_growth_mib": (rss.peak - rss.start) / 2**20,
     }
     if tensor_peak:
+        out["tensor_peak_of"] = ("the warm-up micro-batch (no optimizer state yet)" if args.examples
+                                 else "the first micro-batch of one more step")
         out["tensor_peak_mib_over_step_start"] = tensor_peak.peak_mib
         out["tensor_peak_mib"] = tensor_peak.start_mib + tensor_peak.peak_mib
     if torch.cuda.is_available():
@@ -278,10 +320,37 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def write_subset(args: argparse.Namespace) -> str:
+    """A seeded sample of --examples records of the data file, written as a .json list for every variant. Only
+    records whose prompt and answer fit in --max-seq-len (with a margin for special tokens) are drawn, so no
+    variant drops or truncates one and all train the same tokens."""
+    import random
+
+    from sft.config import DataConfig, ModelConfig, PromptConfig
+    from sft.data.load import load_records
+    from sft.data.prompts import render_prompt
+    from sft.model import load_tokenizer
+
+    tokenizer, prompt = load_tokenizer(ModelConfig()), PromptConfig(name="alpaca")
+    records = load_records(args.data, DataConfig(path=args.data)).records
+    fits = [r for r in records
+            if len(tokenizer(render_prompt(r, prompt, tokenizer) + r["output"])["input_ids"]) <= args.max_seq_len - 8]
+    if args.examples > len(fits):
+        sys.exit(f"--examples {args.examples}: {args.data} has {len(fits)} records that fit in {args.max_seq_len} tokens")
+    picked = random.Random(0).sample(fits, args.examples)
+    path = f"{args.tmp}-examples.json"
+    with open(path, "w") as f:
+        json.dump([{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in picked], f)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="Alpaca-format .json/.jsonl (e.g. ../shared/data/alpaca_en_demo.json)")
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per variant (the first is warm-up)")
+    parser.add_argument("--examples", type=int, default=160,
+                        help="one epoch over this many records, the same for every variant (0: use --steps)")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="with --examples 0: optimizer steps per variant (the first is warm-up)")
     parser.add_argument("--max-seq-len", type=int, default=512, help="tokens per example / packed row")
     parser.add_argument("--micro-batch-size", type=int, default=4, help="rows per forward pass (sft-train's default)")
     parser.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step (sft-train's default)")
@@ -296,6 +365,7 @@ def main() -> None:
                         help="CPU: skip the extra profiled step that measures peak live tensor memory")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one variant, in-process
     parser.add_argument("--tmp", default="/tmp/sft-bench-train", help=argparse.SUPPRESS)
+    parser.add_argument("--subset", help=argparse.SUPPRESS)  # internal: the --examples records, as a .json file
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -304,9 +374,12 @@ def main() -> None:
         return
     import torch
 
+    subset = []
+    if args.examples:
+        subset = ["--subset", write_subset(args)]
     results: dict[str, Any] = {}
     for variant in VARIANTS:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        cmd = [sys.executable, __file__, *sys.argv[1:], *subset, "--variant", variant]
         done = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode or not lines:
@@ -317,7 +390,8 @@ def main() -> None:
     summary = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
         "model": "embedded SmolLM2-135M-Instruct", "quant": args.quant, "compute_dtype": args.compute_dtype, "data": str(args.data),
-        "steps": args.steps, "micro_batch_size": args.micro_batch_size, "grad_accum": args.grad_accum,
+        "work": f"one epoch over the same {args.examples} records" if args.examples else f"{args.steps} optimizer steps",
+        "micro_batch_size": args.micro_batch_size, "grad_accum": args.grad_accum,
         "max_seq_len": args.max_seq_len, "load_average_1m": os.getloadavg()[0],
         "variants": results,
         "packed_vs_padded": rate["packed"] / rate["padded"], "packed_vs_trl": rate["packed"] / rate["trl"],
