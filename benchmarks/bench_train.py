@@ -17,8 +17,8 @@ Two ways to pick the work:
 Each variant runs in its own process (peak RSS of the process, and sampled while training runs: its peak and
 its growth over the RSS at the start of training; on CUDA, peak allocated memory during training). On CPU,
 RSS is mostly the C allocator's cache, so torch's memory profiler also measures the peak of live tensor memory
-during one micro-batch (forward and backward): the warm-up micro-batch with --examples, the first micro-batch
-of one extra step after the timed ones with --steps. On CUDA it also reports model-FLOPs utilization (MFU):
+during one micro-batch (forward and backward) after the timed work: one more micro-batch after the epoch
+with --examples, the first micro-batch of one extra step with --steps. On CUDA it also reports model-FLOPs utilization (MFU):
 model FLOPs (see model_flops) per second over --peak-tflops. Prints one JSON object.
 """
 
@@ -193,9 +193,10 @@ def step_clock(counter: CountingCollator) -> Any:
     return Clock()
 
 
-def warm_up(trainer: Any, counter: CountingCollator, tensor_peak: "TensorPeak | None") -> None:
-    """--examples: one forward and backward of the first micro-batch before the timed epoch (kernels, allocator),
-    under the tensor profiler when there is one; no optimizer step, gradients zeroed, counters reset."""
+def one_micro_batch(trainer: Any, counter: CountingCollator, tensor_peak: "TensorPeak | None" = None) -> None:
+    """--examples: one forward and backward of the first micro-batch outside the timed epoch, with no optimizer
+    step (gradients zeroed, counters reset): before it as warm-up (kernels, allocator), and after it under the
+    tensor profiler when there is one (the optimizer state then exists, as in a step)."""
     import torch
 
     model = trainer.model.train()
@@ -278,18 +279,18 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     rss = RssSampler()
     tensor_peak = TensorPeak(args.steps + 1, rss) if profile_tensors(args) else None
     if args.examples:
-        warm_up(trainer, counter, tensor_peak)
+        one_micro_batch(trainer, counter)  # warm-up
     elif tensor_peak:
         trainer.add_callback(tensor_peak.callback())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    rss = RssSampler()  # after the warm-up's profiler records
-    if tensor_peak:
-        tensor_peak.rss = rss
     with rss:
         trainer.train()
+    marks = list(clock.marks)
+    if args.examples and tensor_peak:
+        one_micro_batch(trainer, counter, tensor_peak)
     # --examples: from the start of training to the end of the epoch; --steps: from the end of the first step
-    timed = clock.marks if args.examples else clock.marks[1 : args.steps + 1]
+    timed = marks if args.examples else marks[1 : args.steps + 1]
     (t0, trained0, tokens0, real0, pairs0), (t1, trained1, tokens1, real1, pairs1) = timed[0], timed[-1]
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops_per_s = model_flops(model.config, lora_params, real1 - real0, pairs1 - pairs0) / (t1 - t0)
@@ -309,7 +310,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         "train_rss_growth_mib": (rss.peak - rss.start) / 2**20,
     }
     if tensor_peak:
-        out["tensor_peak_of"] = ("the warm-up micro-batch (no optimizer state yet)" if args.examples
+        out["tensor_peak_of"] = ("one more micro-batch after the epoch" if args.examples
                                  else "the first micro-batch of one more step")
         out["tensor_peak_mib_over_step_start"] = tensor_peak.peak_mib
         out["tensor_peak_mib"] = tensor_peak.start_mib + tensor_peak.peak_mib
