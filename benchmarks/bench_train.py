@@ -14,7 +14,8 @@ Two ways to pick the work:
   --steps S (with --examples 0)  each variant runs S optimizer steps on its own order of the whole file; the
           first step is warm-up, excluded from the rate. Packed steps hold ~3x the examples of padded ones, so
           the trained tokens differ and so, by sampling, does their share of prompt tokens.
-Each variant runs in its own process (peak RSS of the process, and sampled while training runs: its peak and
+Every variant runs under the same C allocator (--allocator; by default the one sft's commands choose: jemalloc
+when the system has it). Each variant runs in its own process (peak RSS of the process, and sampled while training runs: its peak and
 its growth over the RSS at the start of training; on CUDA, peak allocated memory during training). On CPU,
 RSS is mostly the C allocator's cache, so torch's memory profiler also measures the peak of live tensor memory
 during one micro-batch (forward and backward) after the timed work: one more micro-batch after the epoch
@@ -345,6 +346,20 @@ def write_subset(args: argparse.Namespace) -> str:
     return path
 
 
+def variant_environment(choice: str) -> tuple[dict[str, str], str]:
+    """The environment of every variant's process, and its allocator in words: the same for all three."""
+    from sft.allocator import MALLOC_CONF, find_jemalloc
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    lib = None if choice == "system" else find_jemalloc()
+    if lib is None:
+        if choice == "jemalloc":
+            sys.exit("--allocator jemalloc: no libjemalloc.so.2 found (Debian/Ubuntu: apt install libjemalloc2)")
+        return env, "glibc malloc"
+    env.update(LD_PRELOAD=lib, MALLOC_CONF=MALLOC_CONF)
+    return env, f"jemalloc ({lib}, {MALLOC_CONF})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="Alpaca-format .json/.jsonl (e.g. ../shared/data/alpaca_en_demo.json)")
@@ -362,6 +377,9 @@ def main() -> None:
     parser.add_argument("--optim", default="auto", help="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU (as sft-train)")
     parser.add_argument("--peak-tflops", type=float, default=989.4,
                         help="the GPU's dense bf16 peak for MFU (H100/H200 SXM: 989.4; 0 = no MFU)")
+    parser.add_argument("--allocator", default="auto", choices=("auto", "jemalloc", "system"),
+                        help="C allocator of every variant: auto = what sft's commands use (jemalloc with page decay "
+                             "off when the system has it, see sft/allocator.py), system = glibc's malloc")
     parser.add_argument("--no-tensor-peak", action="store_true",
                         help="CPU: skip the extra profiled step that measures peak live tensor memory")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one variant, in-process
@@ -378,10 +396,11 @@ def main() -> None:
     subset = []
     if args.examples:
         subset = ["--subset", write_subset(args)]
+    env, allocator = variant_environment(args.allocator)
     results: dict[str, Any] = {}
     for variant in VARIANTS:
         cmd = [sys.executable, __file__, *sys.argv[1:], *subset, "--variant", variant]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode or not lines:
             sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
@@ -393,7 +412,7 @@ def main() -> None:
         "model": "embedded SmolLM2-135M-Instruct", "quant": args.quant, "compute_dtype": args.compute_dtype, "data": str(args.data),
         "work": f"one epoch over the same {args.examples} records" if args.examples else f"{args.steps} optimizer steps",
         "micro_batch_size": args.micro_batch_size, "grad_accum": args.grad_accum,
-        "max_seq_len": args.max_seq_len, "load_average_1m": os.getloadavg()[0],
+        "max_seq_len": args.max_seq_len, "allocator": allocator, "load_average_1m": os.getloadavg()[0],
         "variants": results,
         "packed_vs_padded": rate["packed"] / rate["padded"], "packed_vs_trl": rate["packed"] / rate["trl"],
         # where a step's cost is proportional to its token slots (compute-bound, as on CPU), packing can gain at

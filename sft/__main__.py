@@ -4,7 +4,7 @@ import sys
 
 from sft import cli
 
-COMMANDS = {name[: -len("_main")]: getattr(cli, name) for name in dir(cli) if name.endswith("_main")}
+COMMANDS = cli.COMMANDS  # each picks the C allocator (sft.allocator), then runs its Hydra main
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -1,4 +1,5 @@
-"""Console entry points: compose the Hydra config, turn it into typed config, call into sft. Nothing else.
+"""Console entry points: choose the C allocator (sft.allocator), compose the Hydra config, turn it into typed
+config, call into sft. Nothing else.
 
 User mistakes (SftError) print one message and exit 1 without a traceback; `debug=true` shows it.
 """
@@ -76,3 +77,26 @@ def eval_main(cfg: DictConfig) -> None:
     from sft.evaluate import run_eval
 
     run_command(run_eval, cfg)
+
+
+def console(main: Callable[[], Any]) -> Callable[[], None]:
+    """A console entry point (`sft-<command>`, `python -m sft <command>`): choose the C allocator first
+    (sft.allocator: restarts the process once under jemalloc when the system has it), then run Hydra."""
+
+    def entry() -> None:
+        from sft.allocator import choose_allocator
+
+        try:
+            choose_allocator()
+        except SftError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        main()
+
+    entry.__doc__ = main.__doc__
+    return entry
+
+
+COMMANDS = {"prepare": console(prepare_main), "train": console(train_main), "merge": console(merge_main),
+            "generate": console(generate_main), "eval": console(eval_main)}
+prepare, train, merge, generate, evaluate = (COMMANDS[c] for c in ("prepare", "train", "merge", "generate", "eval"))
