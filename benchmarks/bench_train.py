@@ -1,4 +1,4 @@
-"""python benchmarks/bench_train.py /work/shared/data/alpaca_en_demo.json [--examples 160 | --steps 5] [--max-seq-len 512]
+"""python benchmarks/bench_train.py /work/shared/data/alpaca_en_demo.json [--examples 160 | --examples 0 --steps 5]
 
 Trained tokens per second and peak memory of three ways to run the same QLoRA training (embedded SmolLM2-135M,
 nf4, LoRA r=16 on all linear layers, same micro-batch size, accumulation and learning rate; by default
@@ -14,13 +14,14 @@ Two ways to pick the work:
   --steps S (with --examples 0)  each variant runs S optimizer steps on its own order of the whole file; the
           first step is warm-up, excluded from the rate. Packed steps hold ~3x the examples of padded ones, so
           the trained tokens differ and so, by sampling, does their share of prompt tokens.
-Every variant runs under the same C allocator (--allocator; by default the one sft's commands choose: jemalloc
-when the system has it). Each variant runs in its own process (peak RSS of the process, and sampled while training runs: its peak and
-its growth over the RSS at the start of training; on CUDA, peak allocated memory during training). On CPU,
-RSS is mostly the C allocator's cache, so torch's memory profiler also measures the peak of live tensor memory
-during one micro-batch (forward and backward) after the timed work: one more micro-batch after the epoch
-with --examples, the first micro-batch of one extra step with --steps. On CUDA it also reports model-FLOPs utilization (MFU):
-model FLOPs (see model_flops) per second over --peak-tflops. Prints one JSON object.
+Every variant runs under the same C allocator (--allocator; by default the one sft's commands choose:
+jemalloc when the system has it). Each variant runs in its own process (peak RSS of the process, and sampled
+while training runs: its peak and its growth over the RSS at the start of training; on CUDA, peak allocated
+memory during training). On CPU, RSS partly measures the C allocator's cache, so torch's memory profiler also
+measures the peak of live tensor memory during one micro-batch (forward and backward) after the timed work:
+one more micro-batch after the epoch with --examples, the first micro-batch of one extra step with --steps.
+On CUDA it also reports model-FLOPs utilization (MFU): model FLOPs (see model_flops) per second over
+--peak-tflops. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def step_clock(counter: CountingCollator) -> Any:
 def one_micro_batch(trainer: Any, counter: CountingCollator, tensor_peak: "TensorPeak | None" = None) -> None:
     """--examples: one forward and backward of the first micro-batch outside the timed epoch, with no optimizer
     step (gradients zeroed, counters reset): before it as warm-up (kernels, allocator), and after it under the
-    tensor profiler when there is one (the optimizer state then exists, as in a step)."""
+    tensor profiler when there is one (after, so the profiler's records stay out of the epoch's RSS)."""
     import torch
 
     model = trainer.model.train()
