@@ -97,10 +97,10 @@ class _TrainedTokenCrossEntropy(torch.autograd.Function):
                 picked = logits.gather(1, goal)[:, 0]
                 peak = logits.amax(1, keepdim=True)
                 exp = logits.sub_(peak).exp_()
-                log_z = exp.sum(1, keepdim=True).log_()
-                total += (log_z[:, 0] + peak[:, 0] - picked).sum()
+                z = exp.sum(1, keepdim=True)
+                total += (z[:, 0].log() + peak[:, 0] - picked).sum()
                 if grad_hidden is not None:
-                    probs = exp.div_(log_z.exp_())  # softmax, in place of the logits
+                    probs = exp.div_(z)  # softmax, in place of the logits
                     probs.scatter_(1, goal, probs.gather(1, goal) - 1)  # d(loss)/d(logits) = softmax - one-hot
                     grad_hidden[start:stop] = probs.to(w.dtype) @ w
         ctx.save_for_backward(grad_hidden)
