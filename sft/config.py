@@ -28,7 +28,9 @@ class ModelConfig:
     path: str | None = None
     revision: str | None = None  # Hub revision (branch, tag or commit); ignored for local paths
     trust_remote_code: bool = False  # run model code from the Hub only when the user opts in
-    dtype: str = "auto"  # weights of non-quantized layers: auto (bf16 on capable GPUs, else fp32)|float32|bfloat16|float16
+    # weights of non-quantized layers: auto (bf16 on GPUs that have it, else fp16 on GPU; fp32 on CPU) | float32 |
+    # bfloat16 | float16
+    dtype: str = "auto"
     # sdpa_varlen: sdpa, with packed rows attending one example at a time (sft/attention.py); or any transformers
     # name: sdpa (packed rows as one dense block-diagonal mask), eager, flash_attention_2 (if installed)
     attn_implementation: str = "sdpa_varlen"
@@ -151,6 +153,11 @@ class TrainConfig:
             out.append(f"{key}.epochs={self.epochs}: must be positive when {key}.max_steps <= 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             out.append(f"{key}.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        from transformers.trainer_utils import SchedulerType
+        from transformers.training_args import OptimizerNames
+
+        out += _choice(f"{key}.scheduler", self.scheduler, tuple(s.value for s in SchedulerType))
+        out += _choice(f"{key}.optim", self.optim, ("auto", *(o.value for o in OptimizerNames)))
         return out
 
 

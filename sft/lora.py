@@ -91,10 +91,28 @@ def add_lora(model: Any, quant: QuantConfig, lora: LoraConfig, gradient_checkpoi
     """The trainable PeftModel. Seed the global RNG first: the LoRA A matrices are drawn from it."""
     from peft import get_peft_model
 
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    from sft.errors import ConfigError
+
     model = enable_checkpointing(model, quant, gradient_checkpointing)
-    peft_model = get_peft_model(model, peft_config(lora))
+    try:
+        peft_model = get_peft_model(model, peft_config(lora))
+    except NoMatchingPeftModuleError:
+        raise ConfigError(f"lora.target_modules={list(lora.target_modules)}: no such module in the model; its linear "
+                          f"layers are named {', '.join(linear_names(model))} (or use [all-linear])") from None
+    except ValueError as e:
+        if "not found in the base model" not in str(e):
+            raise
+        raise ConfigError(f"lora.modules_to_save={list(lora.modules_to_save)}: {e}") from None
     peft_model.config.use_cache = False
     return peft_model
+
+
+def linear_names(model: Any) -> list[str]:
+    """The last name part of each linear layer (4-bit and 8-bit ones included), as target_modules takes them."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if name and type(module).__name__ in ("Linear", "Linear4bit", "Linear8bitLt")})
 
 
 def trainable_summary(model: Any) -> str:

@@ -135,3 +135,23 @@ def forward_trained_loss_sum(model: Any, inputs: dict[str, Any]) -> tuple[torch.
     with head_as_identity(lm, head):
         hidden = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
     return trained_token_loss_sum(hidden, inputs["labels"], head)
+
+
+def trained_loss_per_row(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluation (no gradients): per row, the summed cross-entropy of its trained tokens and how many there
+    are, float32 [B] and int64 [B]. Their totals over a data set give the mean loss per trained token, which
+    does not depend on how the rows were batched or packed."""
+    labels = inputs["labels"]
+    counts = (labels[:, 1:] != IGNORE_INDEX).sum(1)
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    lm = causal_lm(model)
+    head = plain_linear_head(lm)
+    if head is None:  # the model's own logits (soft-capping, trained head, ...), one row at a time
+        logits = model(**features).logits
+        sums = [F.cross_entropy(logits[b, :-1].float(), labels[b, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
+                for b in range(labels.shape[0])]
+    else:
+        with head_as_identity(lm, head):
+            hidden = model(**features).logits
+        sums = [trained_token_loss_sum(hidden[b:b + 1], labels[b:b + 1], head)[0] for b in range(labels.shape[0])]
+    return torch.stack(sums).float(), counts

@@ -37,7 +37,11 @@ def merge(cfg: MergeRunConfig) -> Path:
     target = Path(cfg.out_dir)
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"out_dir={target}: already exists and is not empty")
-    merged = base_and_adapter(run_dir, cfg.dtype).merge_and_unload()
+    merged = base_and_adapter(run_dir).merge_and_unload()  # merged in float32, then stored in cfg.dtype
+    if cfg.dtype != "float32":
+        import torch
+
+        merged = merged.to(getattr(torch, cfg.dtype))
     merged.config.use_cache = True  # training switched it off; generation wants it
     tokenizer_dir = run_dir / "tokenizer"
     tokenizer = load_tokenizer(ModelConfig(), path=str(tokenizer_dir)) if tokenizer_dir.is_dir() else None

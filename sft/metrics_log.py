@@ -98,8 +98,11 @@ def summary_line(metrics: list[dict[str, Any]], seconds: float) -> str:
     parts = [f"{train[-1]['step'] if train else 0} steps"]
     if train:
         parts.append(f"train loss {train[0]['loss']:.4f} -> {train[-1]['loss']:.4f}")
-    if evals:
-        parts.append(f"eval loss {evals[0]['eval_loss']:.4f} -> {evals[-1]['eval_loss']:.4f}")
+    if len(evals) > 1:
+        parts.append(f"eval loss {evals[0]['eval_loss']:.4f} (step {evals[0]['step']}) -> "
+                     f"{evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
+    elif evals:
+        parts.append(f"eval loss {evals[0]['eval_loss']:.4f} (step {evals[0]['step']})")
     tokens = max((r.get("trained_tokens", 0) for r in metrics), default=0)
     parts.append(f"{tokens:,} trained tokens")
     parts.append(f"{seconds / 60:.1f} min")

@@ -47,8 +47,11 @@ def convert_gguf(gguf: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError) as e:  # not GGUF, or an architecture transformers cannot de-quantize
+        raise ConfigError(f"model.path={gguf}: cannot load it as a GGUF model ({type(e).__name__}: {e})") from None
     config = loaded.config
     del config.quantization_config  # the GGUF marker makes save_pretrained refuse; the weights are plain now
     model = AutoModelForCausalLM.from_config(config)
@@ -85,7 +88,8 @@ def model_name(cfg: ModelConfig) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
-    """The tokenizer, with a pad token (the EOS when there is none: the vocabulary is never resized)."""
+    """The tokenizer, with a pad token: when it has none, its UNK token, else its EOS (the vocabulary is never
+    resized; pad == EOS is safe because labels come from the data, not from the pad id)."""
     from transformers import AutoTokenizer
 
     source = path or resolve_model_path(cfg)
@@ -93,7 +97,7 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing files; unknown tokenizer class; code that needs trust_remote_code
         raise ConfigError(f"model.path={cfg.path}: cannot load the tokenizer ({e})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
@@ -156,5 +160,5 @@ def load_model(cfg: ModelConfig, quant: QuantConfig, device: str | None = None, 
             attn_implementation=cfg.attn_implementation,
             device_map={"": device},
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing weights; no model config; code that needs trust_remote_code
         raise ConfigError(f"model.path={cfg.path}: cannot load the model ({e})") from None

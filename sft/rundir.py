@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from sft.checkpoint import latest_checkpoint
 from sft.errors import ConfigError
 
 CONFIG = "config.yaml"
@@ -52,20 +53,28 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k, '<absent>')!r} in the run, {b.get(k, '<absent>')!r} now" for k in keys]
 
 
-def run_status(out_dir: Path, wanted: dict[str, Any]) -> Literal["new", "resume", "finished"]:
-    """new: nothing there yet; resume: the same config, unfinished; finished: the same config, complete.
-    A different config is an error naming every differing key: a run is never silently overwritten."""
+def run_status(out_dir: Path, wanted: dict[str, Any]) -> Literal["new", "resume", "finished", "restart"]:
+    """new: nothing there yet; resume: the same config, unfinished; finished: the same config, complete;
+    restart: a different config, but the run there stopped before its first checkpoint (a crash or a wrong
+    setting at start-up: nothing trained is kept, so the corrected command may start over in it).
+    A different config for a run with a checkpoint or a finished run is an error naming every differing key:
+    a run is never silently overwritten."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out_dir={out_dir}: exists and is not a directory")
     path = out_dir / CONFIG
     if not path.is_file():
         return "new"
     old = yaml.safe_load(path.read_text()) or {}
     diff = differing_keys(old, wanted)
+    finished = (out_dir / FINISHED).is_file()
+    if diff and not finished and latest_checkpoint(out_dir / "checkpoints") is None:
+        return "restart"
     if diff:
         raise ConfigError(
             f"out_dir={out_dir} holds a run with a different config; use a new out_dir or the same settings:\n  "
             + "\n  ".join(diff)
         )
-    return "finished" if (out_dir / FINISHED).is_file() else "resume"
+    return "finished" if finished else "resume"
 
 
 def _write_atomic(path: Path, text: str) -> None:

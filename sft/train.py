@@ -18,7 +18,7 @@ from sft.data.prepare import Prepared, prepare
 from sft.lora import add_lora, trainable_summary
 from sft.metrics_log import MetricsFile, Progress, plot_loss, read_metrics, rewind_metrics, summary_line
 from sft.model import load_model, load_tokenizer
-from sft.rundir import mark_finished, run_config, run_status, write_run_files
+from sft.rundir import differing_keys, mark_finished, read_run_config, run_config, run_status, write_run_files
 from sft.trainer import SftTrainer, StopOnPreemption, training_arguments
 
 
@@ -49,7 +49,11 @@ def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
-        board = TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))
+        # events logged after the checkpoint a rerun resumes from (or all, with none) are hidden in TensorBoard:
+        # those steps are trained and logged again
+        checkpoint = latest_checkpoint(out / "checkpoints")
+        purge_step = int(checkpoint.name.split("-")[1]) + 1 if checkpoint else 0
+        board = TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard"), purge_step=purge_step))
         board.logging_dir = str(out / "tensorboard")  # where it reopens its writer after train() closed it
         trainer.add_callback(board)
     return trainer
@@ -104,9 +108,14 @@ def train(cfg: TrainRunConfig) -> int:
     datasets.disable_progress_bars()
     started = time.time()
     out = Path(cfg.out_dir)
-    if run_status(out, run_config(cfg)) == "finished":
+    status = run_status(out, run_config(cfg))
+    if status == "finished":
         print(f"{out}: this run is already finished (finished.json); nothing to do")
         return 0
+    if status == "restart":
+        changed = [d.split(":")[0] for d in differing_keys(read_run_config(out), run_config(cfg))]
+        print(f"{out}: the run there stopped before its first checkpoint; starting over with the changed "
+              f"settings ({', '.join(changed)})")
     preemption = Preemption()
     preemption.install()  # a signal from here on stops at the first step boundary, with a checkpoint
     tokenizer, prepared, args = prepare_run(cfg, out)

@@ -4,7 +4,9 @@ atomic checkpoints, a trained-token counter that survives resumes, and stop-at-n
 The loss is normalized over every trained token of the optimizer step (all micro-batches, all ranks): the
 Trainer counts labels[..., 1:] != -100 before the step (`num_items_in_batch`) and the summed token losses
 are divided by that count, so accumulation and packing never turn it into a mean of means. In training the
-sum comes from sft.loss (logits of trained positions only, in chunks); evaluation uses the model's loss.
+sum comes from sft.loss (logits of trained positions only, in chunks). Evaluation is normalized the same way:
+eval_loss is the summed loss of every held-out trained token over their number (each row's sum and count are
+gathered across ranks), not a mean of per-batch means, so it does not depend on micro-batch size or packing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sft.checkpoint import AtomicCheckpointMixin, Preemption
 from sft.config import QuantConfig, TrainConfig
-from sft.loss import forward_trained_loss_sum
+from sft.loss import forward_trained_loss_sum, trained_loss_per_row
 from sft.model import compute_dtype, pick_device
 
 
@@ -84,16 +86,26 @@ class StopOnPreemption(TrainerCallback):
         return control
 
 
+def token_mean_loss(prediction: Any) -> dict[str, float]:
+    """compute_metrics of evaluation: predictions are per-row loss sums, label_ids per-row trained tokens."""
+    total, count = float(prediction.predictions.sum()), int(prediction.label_ids.sum())
+    return {"loss": total / count if count else float("nan"), "trained_tokens": count}
+
+
 class SftTrainer(AtomicCheckpointMixin, Trainer):
-    """Trainer that counts trained tokens (for tokens/s and the metrics) and checkpoints atomically."""
+    """Trainer that counts trained tokens (for tokens/s and the metrics), evaluates the mean loss per trained
+    token, and checkpoints atomically."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("compute_metrics", token_mean_loss)
         super().__init__(*args, **kwargs)
         self.trained_tokens = 0
         self._tokens_at_last_log = 0
-        self._time_at_last_log = time.perf_counter()
+        self._time_at_last_log: float | None = None  # set when the first step starts: setup is not timed
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        if self._time_at_last_log is None:
+            self._time_at_last_log = time.perf_counter()
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         # num_items: trained tokens of this optimizer step over all ranks (what the loss is divided by)
         if num_items is not None:
@@ -115,11 +127,32 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
             loss = loss * self.accelerator.num_processes
         return loss
 
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[None, Any, Any]:
+        """Evaluation: (no batch loss, per-row loss sums, per-row trained-token counts); the evaluation loop
+        gathers them across ranks (dropping the rows that even out the shards) and token_mean_loss divides."""
+        import torch
+
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            sums, counts = trained_loss_per_row(model, inputs)
+        return None, sums, counts
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """As Trainer.evaluate; the time it takes is left out of the next tokens/s."""
+        started = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            if self._time_at_last_log is not None:
+                self._time_at_last_log += time.perf_counter() - started
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             now = time.perf_counter()
+            since = self._time_at_last_log if self._time_at_last_log is not None else now
             logs["trained_tokens"] = self.trained_tokens
-            logs["tokens_per_s"] = (self.trained_tokens - self._tokens_at_last_log) / max(now - self._time_at_last_log, 1e-9)
+            logs["tokens_per_s"] = (self.trained_tokens - self._tokens_at_last_log) / max(now - since, 1e-9)
             self._tokens_at_last_log, self._time_at_last_log = self.trained_tokens, now
         super().log(logs, start_time)
 

@@ -129,3 +129,33 @@ def test_sweep_runs_each_point_in_its_own_directory(tiny_dir: Path, data_file: P
     assert len(runs) == 2
     lrs = sorted(yaml.safe_load((p / "config.yaml").read_text())["train"]["lr"] for p in runs)
     assert lrs == [1e-4, 2e-4]
+
+
+def test_a_wrong_setting_found_at_start_up_is_one_message_and_the_corrected_rerun_starts_over(
+    tiny_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = tiny_overrides(tiny_dir, data_file, f"out_dir={out}", "train.max_steps=2")
+    wrong = run_sft("train", *args, "lora.target_modules=[qproj]")
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr[-3000:]
+    assert "lora.target_modules=['qproj']" in wrong.stderr and "q_proj" in wrong.stderr  # names what exists
+    assert (out / "config.yaml").is_file() and not (out / "checkpoints").exists()
+    fixed = run_sft("train", *args, "lora.target_modules=[q_proj,v_proj]")
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert "starting over with the changed settings (lora.target_modules)" in fixed.stdout
+    assert yaml.safe_load((out / "config.yaml").read_text())["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2]
+
+
+def test_a_model_path_that_is_not_a_model_is_one_message(data_file: Path, tmp_path: Path) -> None:
+    from conftest import make_char_tokenizer
+
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("not a model")
+    tokenizer_only = tmp_path / "tokenizer-only"
+    make_char_tokenizer().save_pretrained(tokenizer_only)
+    for path, message in ((not_gguf, "cannot load it as a GGUF model"), (tokenizer_only, "cannot load the model")):
+        done = run_sft("train", f"model.path={path}", "quant=none", f"data.path={data_file}", "prompt=custom",
+                       "data.max_seq_len=64", f"out_dir={tmp_path / 'run'}", "train.max_steps=1")
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert f"model.path={path}" in done.stderr and message in done.stderr

@@ -73,3 +73,13 @@ def test_unknown_key_and_wrong_type_fail_at_compose():
         compose_with("prepare", ["data.max_seq_lenn=3"])
     with pytest.raises(Exception, match="data.max_seq_len"):
         compose_with("prepare", ["data.max_seq_len=long"])
+
+
+def test_optimizer_and_scheduler_names_are_checked_before_anything_loads():
+    cfg = compose_with("train", ["train.optim=adamw_foo", "train.scheduler=cosine_foo", "out_dir=/tmp/unused"])
+    with pytest.raises(ConfigError) as err:
+        typed(cfg)
+    assert "train.optim='adamw_foo'" in str(err.value) and "train.scheduler='cosine_foo'" in str(err.value)
+    good = compose_with("train", ["train.optim=paged_adamw_32bit", "train.scheduler=constant_with_warmup",
+                                  "out_dir=/tmp/unused"])
+    assert typed(good).train.optim == "paged_adamw_32bit"

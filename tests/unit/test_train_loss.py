@@ -305,3 +305,35 @@ def test_bf16_compute_trains_under_bf16_autocast_on_cpu_too(compute: str, char_t
     assert torch.isfinite(torch.tensor(result.training_loss))
     after = dict(model.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before if "lora_B" in n)
+
+
+@pytest.mark.parametrize("micro_batch_size", [1, 2])
+def test_eval_loss_is_the_mean_over_every_held_out_trained_token(micro_batch_size: int, tmp_path: Path) -> None:
+    rows = two_rows()  # 30 and 3 trained tokens: a mean of per-row or per-batch means would differ a lot
+    model = lora_model(randomize=True)
+    with torch.no_grad():
+        model.eval()
+        per_row = [model(**PackedCollator()([row])).loss.item() for row in rows]
+    counts = [30, 3]
+    token_mean = sum(loss * n for loss, n in zip(per_row, counts)) / sum(counts)
+    assert abs(token_mean - sum(per_row) / 2) > 0.01  # the two means are distinguishable here
+    trainer = make_trainer(model, rows, PackedCollator(), tmp_path, micro_batch_size=micro_batch_size)
+    metrics = trainer.evaluate(eval_dataset=rows)
+    assert metrics["eval_loss"] == pytest.approx(token_mean, rel=1e-5)
+    assert metrics["eval_trained_tokens"] == 33
+
+
+def test_per_row_eval_sums_are_the_same_with_the_models_own_head(monkeypatch: Any) -> None:
+    import sft.loss
+
+    model = lora_model(randomize=True).eval()
+    batch = PackedCollator()(list(two_rows()))
+    batch = {k: v.repeat(2, 1) for k, v in batch.items()}  # two identical rows
+    with torch.no_grad():
+        sums, counts = sft.loss.trained_loss_per_row(model, batch)
+        monkeypatch.setattr(sft.loss, "plain_linear_head", lambda lm: None)
+        own_sums, own_counts = sft.loss.trained_loss_per_row(model, batch)
+        reference = model(**batch).loss.item() * 66
+    assert counts.tolist() == own_counts.tolist() == [33, 33]
+    torch.testing.assert_close(sums, own_sums, rtol=1e-5, atol=1e-5)
+    assert sums.sum().item() == pytest.approx(reference, rel=1e-5)

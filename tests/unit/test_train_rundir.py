@@ -49,6 +49,25 @@ def test_run_status_new_resume_finished_and_conflict(tmp_path: Path) -> None:
         run_status(tmp_path, config(max_steps=7))
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_may_restart_with_other_settings(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / CONFIG).write_text(yaml.safe_dump(config(micro_batch_size=8)))  # e.g. out of memory at step 1
+    assert run_status(tmp_path, config(micro_batch_size=4)) == "restart"
+    assert run_status(tmp_path, config(micro_batch_size=8)) == "resume"
+    make_checkpoint(tmp_path / "checkpoints", ".tmp-checkpoint-2")  # a half-written checkpoint keeps nothing
+    assert run_status(tmp_path, config(micro_batch_size=4)) == "restart"
+    make_checkpoint(tmp_path / "checkpoints", "checkpoint-2")  # trained steps are kept: never overwritten
+    with pytest.raises(ConfigError, match=r"train\.micro_batch_size: 8 in the run, 4 now"):
+        run_status(tmp_path, config(micro_batch_size=4))
+
+
+def test_out_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        run_status(tmp_path / "file", config())
+
+
 def make_checkpoint(root: Path, name: str, complete: bool = True) -> Path:
     path = root / name
     path.mkdir(parents=True)
@@ -82,3 +101,14 @@ def test_sigterm_and_sigusr1_set_the_preemption_flag() -> None:
     finally:
         for name, handler in before.items():
             signal.signal(getattr(signal, name), handler)
+
+
+def test_summary_line_shows_before_and_after_only_when_both_exist() -> None:
+    from sft.metrics_log import summary_line
+
+    logged = [{"step": 0, "eval_loss": 2.5}, {"step": 1, "loss": 2.0, "trained_tokens": 10},
+              {"step": 2, "loss": 1.0, "trained_tokens": 20}, {"step": 2, "eval_loss": 1.25}]
+    line = summary_line(logged, 90)
+    assert line == ("done: 2 steps, train loss 2.0000 -> 1.0000, eval loss 2.5000 (step 0) -> 1.2500 (step 2), "
+                    "20 trained tokens, 1.5 min")
+    assert "eval loss 1.2500 (step 2), " in summary_line(logged[1:], 90)  # no eval before training
