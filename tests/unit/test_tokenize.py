@@ -85,3 +85,18 @@ def test_pad_equal_to_eos_keeps_the_eos_trained(char_tokenizer):
     assert batch["attention_mask"][0].tolist() == [1] * 11 + [0, 0]
     assert batch["labels"][1].tolist()[-2:] == [121, 2]
     assert torch.equal(batch["attention_mask"][1], torch.ones(13, dtype=torch.long))
+
+
+def test_a_tokenizer_without_pad_gets_its_unk_or_else_its_eos_and_the_vocabulary_is_not_resized(tmp_path):
+    from conftest import make_char_tokenizer
+    from sft.config import ModelConfig
+    from sft.model import load_tokenizer
+
+    for name, drop, expected in (("with-unk", ["pad_token"], "<unk>"), ("eos-only", ["pad_token", "unk_token"], "</s>")):
+        tokenizer = make_char_tokenizer()
+        for attr in drop:
+            setattr(tokenizer, attr, None)
+        tokenizer.save_pretrained(tmp_path / name)
+        loaded = load_tokenizer(ModelConfig(path=str(tmp_path / name)))
+        assert loaded.pad_token == expected and len(loaded) == len(tokenizer)
+        assert loaded.pad_token_id == tokenizer.convert_tokens_to_ids(expected)
