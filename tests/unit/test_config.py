@@ -83,3 +83,10 @@ def test_optimizer_and_scheduler_names_are_checked_before_anything_loads():
     good = compose_with("train", ["train.optim=paged_adamw_32bit", "train.scheduler=constant_with_warmup",
                                   "out_dir=/tmp/unused"])
     assert typed(good).train.optim == "paged_adamw_32bit"
+
+
+@pytest.mark.parametrize("primary", PRIMARIES)
+def test_help_and_log_carry_the_command_name(primary):
+    cfg = compose_with(primary, [], hydra_cfg=True)
+    assert cfg.hydra.job.name == cfg.hydra.help.app_name == f"sft-{primary}"
+    assert cfg.hydra.help.header.startswith(f"sft-{primary}: ")
