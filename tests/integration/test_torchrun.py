@@ -53,6 +53,11 @@ def losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in train}
 
 
+def eval_losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+
+
 def test_two_processes_qlora_rank0_writes_a_complete_run(tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     done = torchrun(2, overrides(tiny_dir, data_file, out, "quant=nf4", "train.micro_batch_size=2", "train.grad_accum=1"))
@@ -88,3 +93,7 @@ def test_two_processes_follow_the_loss_curve_of_one_process_with_accumulation(
     assert sorted(ddp_loss) == sorted(one_loss) == [1, 2, 3, 4]
     assert ddp_loss == pytest.approx(one_loss, rel=1e-3, abs=1e-4)
     assert len(set(one_loss.values())) > 1  # the curve moves: a constant would match trivially
+    # eval: 6 held-out rows over 2 ranks in batches of 2 -- rank 1 gets a padding duplicate, which is dropped
+    ddp_eval, one_eval = eval_losses(tmp_path / "ddp"), eval_losses(tmp_path / "one")
+    assert sorted(ddp_eval) == sorted(one_eval) == [0, 4]
+    assert ddp_eval == pytest.approx(one_eval, rel=1e-4)
