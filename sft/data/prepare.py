@@ -68,6 +68,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
+# Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
+# contains "{input}" is kept as written).
+ROWS_FORMAT = 2
+
+
 def cache_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:
     h = hashlib.sha256()
     for path in (data.path, data.eval_path):
@@ -79,7 +84,7 @@ def cache_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int)
     templates = [render_prompt(sample, prompt, tokenizer), render_prompt({**sample, "input": ""}, prompt, tokenizer)]
     h.update(json.dumps([dataclasses.asdict(prompt), templates], sort_keys=True).encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"|seed={seed}|version={sft.__version__}".encode())
+    h.update(f"|seed={seed}|version={sft.__version__}|rows={ROWS_FORMAT}".encode())
     return h.hexdigest()[:24]
 
 

@@ -7,6 +7,7 @@ the very same prompt text.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +34,13 @@ class Segment:
     trained: bool  # trained segments are followed by the end-of-turn token, trained too
 
 
+_FIELD = re.compile(r"\{(instruction|input)\}")
+
+
 def _format(template: str, record: Record) -> str:
-    # str.replace, not str.format: instructions may contain braces (code, JSON).
-    return template.replace("{instruction}", record["instruction"]).replace("{input}", record["input"])
+    # One pass over the template, as Alpaca's str.format_map: text put in is never searched again (an
+    # instruction may itself contain "{input}", code or JSON), and other braces of the template stay as written.
+    return _FIELD.sub(lambda m: record[m.group(1)], template)
 
 
 def _templates(cfg: PromptConfig) -> tuple[str, str]:

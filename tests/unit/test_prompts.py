@@ -34,6 +34,11 @@ def test_custom_template_keeps_braces_in_the_data(char_tokenizer):
     cfg = PromptConfig(name="custom", template_input="I: {instruction} [{input}] =>", template_no_input="I: {instruction} =>")
     record = {"id": 0, "instruction": "Print {x}", "input": "{input}", "output": "ok"}
     assert render_prompt(record, cfg, char_tokenizer) == "I: Print {x} [{input}] =>"
+    # an instruction that itself contains a field name is inserted as it is, never substituted again
+    code = {"id": 1, "instruction": 'What does print(f"{input}") print?', "input": "", "output": "ok"}
+    assert render_prompt(code, PromptConfig(name="alpaca"), char_tokenizer).endswith(
+        '### Instruction:\nWhat does print(f"{input}") print?\n\n### Response:')
+    assert render_prompt({**code, "input": "hello"}, cfg, char_tokenizer) == 'I: What does print(f"{input}") print? [hello] =>'
 
 
 def test_chat_template_trains_each_assistant_turn(smollm2_tokenizer):
