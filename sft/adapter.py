@@ -76,9 +76,11 @@ def _same_model(a: str, b: str) -> bool:
     if a == b:
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.parent.name == pb.parent.name == "gguf" and pa.name == pb.name:
+        return True  # the same cached GGUF conversion (its name hashes the source file) under another cache root
     if pa.exists() and pb.exists():
         return pa.resolve() == pb.resolve()
-    return pa.name == pb.name and bool(pa.name)  # the same cached conversion under another cache root
+    return pa.name == pb.name and bool(pa.name)  # e.g. a cached conversion whose cache root is gone
 
 
 def base_for(source: AdapterSource | None, model: ModelConfig) -> ModelConfig:

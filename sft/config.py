@@ -197,6 +197,9 @@ class GenerationConfig:
                 out.append(f"{key}.{name}={getattr(self, name)}: must be at least 1")
         if self.repetition_penalty <= 0:
             out.append(f"{key}.repetition_penalty={self.repetition_penalty}: must be positive")
+        if self.num_beams > 1 and self.logprobs:
+            out.append(f"{key}.logprobs=true with {key}.num_beams={self.num_beams}: beam search gives no per-token "
+                       "log-probabilities")
         if self.num_beams > 1 and self.do_sample and self.temperature > 0:
             out.append(f"{key}.num_beams={self.num_beams} with {key}.do_sample=true: beam sampling is not supported")
         if self.num_return_sequences > 1 and (not self.do_sample or self.temperature == 0):

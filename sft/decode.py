@@ -50,19 +50,24 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: Any) -> tuple[torch.
     return input_ids.to(device), mask.to(device), positions.to(device)
 
 
-def stop_string_cut(tokens: list[int], stopping: Stopping) -> str | None:
-    """The output text cut before the first stop string, or None when there is none yet."""
-    if not stopping.strings or stopping.decode is None:
+def stop_string_cut(tokens: list[int], stopping: Stopping, min_tokens: int = 0) -> str | None:
+    """The output text cut before the first stop string, or None when there is none yet. A stop string that
+    starts within the text of the first `min_tokens` tokens does not count (generation.min_new_tokens)."""
+    if not stopping.strings or stopping.decode is None or len(tokens) < min_tokens:
         return None
     text = stopping.decode(tokens)
-    hits = [text.find(s) for s in stopping.strings if s in text]
+    start = 0
+    if min_tokens:
+        head = stopping.decode(tokens[:min_tokens])
+        start = len(head) if text.startswith(head) else 0
+    hits = [i for i in (text.find(s, start) for s in stopping.strings) if i >= 0]
     return text[: min(hits)] if hits else None
 
 
 def _finished(row: RowState, token: int, start: int, cfg: GenerationConfig, stopping: Stopping) -> tuple[FinishReason | None, str | None]:
     if token in stopping.token_ids:  # banned before min_new_tokens, so only reachable after
         return "eos", None
-    cut = stop_string_cut(row.history[start:], stopping) if row.n_generated >= cfg.min_new_tokens else None
+    cut = stop_string_cut(row.history[start:], stopping, cfg.min_new_tokens)
     if cut is not None:
         return "stop", cut
     if row.n_generated >= cfg.max_new_tokens:
@@ -138,7 +143,7 @@ def beam_decode(model: Any, prompts: list[list[int]], cfg: GenerationConfig, sto
     for i, ids in enumerate(out[:, input_ids.shape[1] :].tolist()):
         stop_at = next((j for j, t in enumerate(ids) if t in stopping.token_ids), None)
         tokens = ids if stop_at is None else ids[:stop_at]
-        cut = stop_string_cut(tokens, stopping)
+        cut = stop_string_cut(tokens, stopping, cfg.min_new_tokens)
         reason: FinishReason = "stop" if cut is not None else ("eos" if stop_at is not None else "length")
         done.append(Decoded(i, tokens, reason, cut))
     return done

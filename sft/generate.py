@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from sft.data.load import Record, load_records
 from sft.data.prompts import end_of_turn_token, render_prompt
 from sft.data.tokenize import special_prefix, token_id
 from sft.decode import Decoded, Stopping, beam_decode, decode
-from sft.errors import DataError
+from sft.errors import ConfigError, DataError
 from sft.model import model_name, resolve_model_path
 from sft.outputs import (
     ALPACA_EVAL, ROWS, SIDECAR, Row, RowWriter, alpaca_eval_rows, check_resumable, library_versions, read_rows, row_key,
@@ -49,7 +50,7 @@ class Item:
 def select_records(data: DataConfig, split: str, seed: int) -> list[Record]:
     """`all`: every record of data.path; `train`/`eval`: that side of the held-out split, as training made it."""
     if split == "all":
-        return load_records(data.path, data).records
+        return load_records(data.path, data, answers=False).records  # outputs, when present, are references
     from sft.data.prepare import load_splits
 
     splits, _ = load_splits(data, seed)
@@ -98,7 +99,16 @@ def stopping_for(tokenizer: Any, model: Any, prompt: PromptConfig, gen: Generati
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids |= set(eos if isinstance(eos, list) else [eos])
     decode_text = lambda t: tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
-    return Stopping(sorted(i for i in ids if i is not None), list(gen.stop), decode_text)
+    return Stopping(sorted(i for i in ids if i is not None), [unescape(s) for s in gen.stop], decode_text)
+
+
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """A stop string as typed on the command line: Hydra keeps `\\n` as a backslash and an n, so \\n, \\t,
+    \\r and \\\\ are read as newline, tab, carriage return and backslash (`'generation.stop=["\\n"]'`)."""
+    return re.sub(r"\\[ntr\\]", lambda m: _ESCAPES[m.group(0)], text)
 
 
 def to_row(item: Item, d: Decoded, gen: GenerationConfig, tokenizer: Any) -> Row:
@@ -160,7 +170,8 @@ def identity(model_cfg: ModelConfig, quant: QuantConfig, source: AdapterSource |
     """Everything a row depends on; a rerun into the same out_dir must match it."""
     inputs = hashlib.sha256(json.dumps([[it.key, it.ids] for it in items]).encode()).hexdigest()
     adapter = None if source is None else {"path": str(source.path), "sha256": adapter_hash(source.path)}
-    return {"model": model_name(model_cfg), "revision": model_cfg.revision, "dtype": model_cfg.dtype, "quant": quant.name, "adapter": adapter,
+    return {"model": model_name(model_cfg), "revision": model_cfg.revision, "dtype": model_cfg.dtype,
+            "quant": quant.name if quant.name == "none" else dataclasses.asdict(quant), "adapter": adapter,
             "template": dataclasses.asdict(prompt), "generation": dataclasses.asdict(gen), "inputs_sha256": inputs}
 
 
@@ -193,6 +204,9 @@ def context_limit(model_path: str, model_cfg: ModelConfig, gen: GenerationConfig
 
     config = AutoConfig.from_pretrained(model_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
     context = getattr(config, "max_position_embeddings", None) or 1 << 30
+    if gen.max_new_tokens >= context:
+        raise ConfigError(f"generation.max_new_tokens={gen.max_new_tokens}: the model's context is {context} tokens, "
+                          "which must hold the prompt and the new tokens")
     return min(max_prompt_tokens or context, context - gen.max_new_tokens)
 
 

@@ -8,6 +8,7 @@ report; with error the first one stops the run.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -51,8 +52,13 @@ def _raw_rows(path: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: file not found")
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
-        with p.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with p.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield f"{path}:{lineno}", _Malformed(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -61,7 +67,7 @@ def _raw_rows(path: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
                     yield f"{path}:{lineno}", _Malformed(f"malformed JSON line ({e.msg} at column {e.colno})")
     elif suffix == ".json":
         try:
-            rows = json.loads(p.read_text(encoding="utf-8"))
+            rows = json.loads(_utf8_text(p, path))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(rows, list):
@@ -69,10 +75,9 @@ def _raw_rows(path: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
         for i, row in enumerate(rows):
             yield f"{path}: record {i}", row
     elif suffix == ".csv":
-        with p.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            for i, row in enumerate(reader):
-                yield f"{path}:{reader.line_num}: row {i}", row
+        reader = csv.DictReader(io.StringIO(_utf8_text(p, path), newline=""))
+        for i, row in enumerate(reader):
+            yield f"{path}:{reader.line_num}: row {i}", row
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -84,6 +89,17 @@ def _raw_rows(path: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
             yield f"{path}: record {i}", row
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r} (use {', '.join(LOCAL_SUFFIXES)})")
+
+
+def _utf8_text(p: Path, path: str) -> str:
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+                        "save the file as UTF-8") from None
 
 
 def _hub_rows(name: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
@@ -113,39 +129,45 @@ def _text(row: dict, name: str, where: str, required: bool) -> str:
     return value
 
 
-def _record(index: int, row: Any, where: str, cfg: DataConfig) -> Record:
+def _record(index: int, row: Any, where: str, cfg: DataConfig, answers: bool = True) -> Record:
+    """answers=False (prompts to generate for): the output, or a chat's assistant turn, may be absent."""
     if isinstance(row, _Malformed):
         raise DataError(f"{where}: {row.why}")
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
     if cfg.format == "messages":
-        return {"id": index, "messages": _messages(row, where, cfg.messages_field)}
+        return {"id": index, "messages": _messages(row, where, cfg.messages_field, answers)}
     instruction = _text(row, cfg.instruction_field, where, required=True)
-    output = _text(row, cfg.output_field, where, required=True)
+    output = _text(row, cfg.output_field, where, required=answers)
     if not instruction.strip():
         raise DataError(f"{where}: field {cfg.instruction_field!r}: empty")
-    if not output.strip():
+    if answers and not output.strip():
         raise DataError(f"{where}: field {cfg.output_field!r}: empty")
-    return {"id": index, "instruction": instruction, "input": _text(row, cfg.input_field, where, False), "output": output}
+    record: Record = {"id": index, "instruction": instruction, "input": _text(row, cfg.input_field, where, False)}
+    if output.strip():
+        record["output"] = output
+    return record
 
 
-def _messages(row: dict, where: str, name: str) -> list[dict[str, str]]:
+def _messages(row: dict, where: str, name: str, answers: bool = True) -> list[dict[str, str]]:
     msgs = row.get(name)
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: field {name!r}: must be a non-empty list of {{role, content}}")
     for j, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise DataError(f"{where}: field {name!r}[{j}]: needs role in {ROLES} and string content")
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+    if answers and not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
         raise DataError(f"{where}: field {name!r}: no non-empty assistant message to train on")
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
-def load_records(path: str, cfg: DataConfig) -> LoadResult:
+def load_records(path: str, cfg: DataConfig, answers: bool = True) -> LoadResult:
+    """Validated records of a file or Hub dataset. answers=False: prompts only (sft-generate), so a record
+    without an output (or a chat without an assistant turn) is valid; one that has it keeps it as reference."""
     result = LoadResult(records=[], source=path)
     for index, (where, row) in enumerate(_raw_rows(path, cfg)):
         try:
-            result.records.append(_record(index, row, where, cfg))
+            result.records.append(_record(index, row, where, cfg, answers))
         except DataError as e:
             if cfg.on_bad_record == "error":
                 raise

@@ -57,7 +57,9 @@ def to_messages(record: Record, cfg: PromptConfig) -> list[dict[str, str]]:
         msgs = list(record["messages"])
     else:
         user = record["instruction"] + (f"\n\n{record['input']}" if record["input"] else "")
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+        msgs = [{"role": "user", "content": user}]
+        if "output" in record:  # absent in prompt-only records (sft-generate)
+            msgs.append({"role": "assistant", "content": record["output"]})
     if cfg.system is not None and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": cfg.system})
     return msgs

@@ -144,6 +144,8 @@ def test_an_adapter_of_another_base_is_refused_naming_both(tiny, tmp_path, which
         (["adapter=/nonexistent/run"], ["adapter=/nonexistent/run", "not found"]),
         (["max_prompt_tokens=8", "long_prompt=error"], ["record 0", "max_prompt_tokens"]),
         (["long_prompt=maybe"], ["long_prompt='maybe'"]),
+        (["generation.max_new_tokens=600"], ["generation.max_new_tokens=600", "context is 512 tokens"]),
+        (["generation.num_beams=2", "generation.logprobs=true"], ["generation.logprobs=true"]),
     ],
 )
 def test_bad_settings_fail_at_start_with_the_key_named(tiny, tmp_path, overrides, message) -> None:
@@ -166,3 +168,10 @@ def test_long_prompts_are_cut_from_the_left_with_a_warning(tiny, tmp_path) -> No
     ok(generate(tiny, tmp_path / "g", "max_prompt_tokens=10", "generation.max_new_tokens=4"))
     proc_rows = rows(tmp_path / "g")
     assert all(r["prompt_tokens"] == 10 for r in proc_rows)
+
+
+def test_prompts_without_outputs_generate_with_no_reference(tiny, tmp_path) -> None:
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"], "input": r["input"]} for r in RECORDS[:3]])
+    ok(run_sft("generate", f"model.path={tiny['base']}", f"data.path={prompts}", f"out_dir={tmp_path / 'g'}",
+               "generation.max_new_tokens=4"))
+    assert [r["reference"] for r in rows(tmp_path / "g")] == [None, None, None]

@@ -105,6 +105,21 @@ def test_stop_string_cuts_the_output_before_it(model: torch.nn.Module) -> None:
             assert done[i].finish_reason == "length" and done[i].tokens == free[i]
 
 
+def test_a_stop_string_within_min_new_tokens_does_not_count(model: torch.nn.Module) -> None:
+    ps = prompts(4, seed=4)
+    free = by_index(decode(model, ps, [0] * 4, GenerationConfig(max_new_tokens=24), Stopping([]), PAD))
+    text0 = chars(free[0])
+    stop = text0[2:4]  # starts at the third token: inside the first 5
+    cfg = GenerationConfig(max_new_tokens=24, min_new_tokens=5)
+    done = {d.index: d for d in decode(model, ps, [0] * 4, cfg, Stopping([], [stop], chars), PAD)}
+    later = text0.find(stop, 5)
+    if later >= 0:
+        assert done[0].finish_reason == "stop" and done[0].text == text0[:later]
+    else:
+        assert done[0].finish_reason == "length" and done[0].tokens == free[0]
+    assert len(done[0].text or "") >= 5 or done[0].text is None
+
+
 def test_logprobs_are_the_model_log_probabilities_of_the_tokens(model: torch.nn.Module) -> None:
     ps = prompts(3, seed=5)
     cfg = GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=8, logprobs=True)

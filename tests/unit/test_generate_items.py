@@ -70,3 +70,43 @@ def test_alpaca_eval_export_joins_input_and_keeps_sample_zero() -> None:
             {"id": 0, "sample": 0, "instruction": "c", "input": "", "output": "o0"}]
     assert alpaca_eval_rows(rows, "g") == [{"instruction": "c", "output": "o0", "generator": "g"},
                                            {"instruction": "a\n\nb", "output": "o1", "generator": "g"}]
+
+
+def test_the_same_gguf_conversion_under_another_cache_root_is_the_same_base(tmp_path) -> None:
+    from sft.adapter import _same_model
+
+    name = "SmolLM2-135M-Instruct.Q4_1-a5e8372d097e8084"  # the name hashes the GGUF file's path, size and time
+    a, b = tmp_path / "home" / "gguf" / name, tmp_path / "repo" / "gguf" / name
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    assert _same_model(str(a), str(b))
+    other = tmp_path / "repo" / "gguf" / "SmolLM2-135M-Instruct.Q4_1-0000000000000000"
+    other.mkdir()
+    assert not _same_model(str(a), str(other))
+    plain_a, plain_b = tmp_path / "m1" / "model", tmp_path / "m2" / "model"  # two different local models
+    plain_a.mkdir(parents=True)
+    plain_b.mkdir(parents=True)
+    assert not _same_model(str(plain_a), str(plain_b))
+
+
+def test_prompt_only_records_generate_without_a_reference() -> None:
+    tokenizer = make_char_tokenizer()
+    records = [{"id": 0, "instruction": "Say hi", "input": ""}]
+    assert describe(records[0]) == ("Say hi", "", None)
+    items = build_items(records, PromptConfig(name="alpaca"), tokenizer, GenerationConfig(), 512, "truncate", "p.jsonl")
+    assert items[0].prompt.endswith("### Instruction:\nSay hi\n\n### Response:")
+
+
+def test_beam_search_with_logprobs_is_refused_at_start() -> None:
+    problems = GenerationConfig(num_beams=2, logprobs=True).problems("generation")
+    assert problems == ["generation.logprobs=true with generation.num_beams=2: beam search gives no per-token "
+                        "log-probabilities"]
+    assert GenerationConfig(num_beams=2).problems("generation") == []
+
+
+def test_stop_strings_from_the_command_line_read_newline_tab_and_backslash_escapes() -> None:
+    from sft.generate import unescape
+
+    assert unescape("\\n\\n") == "\n\n" and unescape("###\\t") == "###\t"
+    assert unescape("a\\\\nb") == "a\\nb"  # an escaped backslash stays a backslash, followed by n
+    assert unescape("\n") == "\n" and unescape("plain") == "plain"

@@ -100,3 +100,34 @@ def test_split_is_seeded_and_disjoint():
     assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
     assert split_records(records, 0.25, seed=3) == (train, held)
     assert split_records(records, 0.25, seed=4)[1] != held
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("latin1.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n',
+         "latin1.jsonl:2: not UTF-8 text (byte 0xe9 at column 21)"),
+        ("latin1.json", b'[{"instruction": "a",\n  "output": "caf\xe9"}]', "latin1.json:2: not UTF-8 text (byte 0xe9 at column 17)"),
+        ("latin1.csv", b"instruction,output\na,b\ncaf\xe9,b\n", "latin1.csv:3: not UTF-8 text (byte 0xe9 at column 4)"),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_one_error_naming_the_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_records(str(path), cfg())
+    assert message in str(err.value).replace(str(tmp_path) + "/", "")
+
+
+def test_prompts_without_answers_load_for_generation_only(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"instruction": "a"}\n{"instruction": "b", "output": "ref"}\n')
+    with pytest.raises(DataError, match="field 'output': missing"):
+        load_records(str(path), cfg())
+    records = load_records(str(path), cfg(), answers=False).records
+    assert records == [{"id": 0, "instruction": "a", "input": ""}, {"id": 1, "instruction": "b", "input": "", "output": "ref"}]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(DataError, match="no non-empty assistant message"):
+        load_records(str(chat), cfg(format="messages"))
+    assert load_records(str(chat), cfg(format="messages"), answers=False).records[0]["messages"][0]["content"] == "hi"
