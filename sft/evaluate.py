@@ -25,7 +25,7 @@ from sft.data.load import Record
 from sft.data.prompts import build_segments, end_of_turn_token
 from sft.data.tokenize import IGNORE_INDEX, tokenize_examples
 from sft.errors import DataError
-from sft.generate import build_items, context_limit, generate_into, identity, select_records
+from sft.generate import build_items, context_limit, describe, generate_into, identity, select_records
 from sft.metrics import score_rows
 from sft.model import load_tokenizer, model_name, resolve_model_path
 from sft.outputs import check_resumable, write_json_atomic
@@ -106,6 +106,10 @@ def run_eval(cfg: EvalRunConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_cfg, path=path)
     seed = (source.run_config or {}).get("seed", cfg.seed) if source else cfg.seed
     records = select_records(cfg.data, cfg.split, seed)
+    missing = next((r for r in records if describe(r)[2] is None), None)
+    if missing is not None:  # only split=all reads prompt-only records; scores and loss need the answer
+        raise DataError(f"{cfg.data.path}: record {missing['id']}: field {cfg.data.output_field!r}: missing "
+                        "(sft-eval compares against references; sft-generate takes prompts alone)")
     limit = context_limit(path, model_cfg, cfg.generation, cfg.max_prompt_tokens)
     items = build_items(records, prompt, tokenizer, cfg.generation, limit, cfg.long_prompt, cfg.data.path) if cfg.generate else []
     idents = {name: identity(model_cfg, cfg.quant, src, prompt, cfg.generation, items) for name, src in variants(cfg, source)}

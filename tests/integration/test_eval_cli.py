@@ -88,6 +88,18 @@ def test_base_vs_run_table_on_a_tiny_model(tmp_path) -> None:
     assert (out / "eval.md").read_text().strip() == "\n".join(lines)
 
 
+def test_records_without_references_are_one_error(tmp_path) -> None:
+    base = tmp_path / "base"
+    tiny_llama(vocab_size=128, seed=0).save_pretrained(base)
+    make_char_tokenizer().save_pretrained(base)
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c"}])
+    proc = run_sft("eval", f"model.path={base}", f"data.path={data}", "data.eval_path=null", "split=all",
+                   f"out_dir={tmp_path / 'eval'}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"{data}: record 1: field 'output': missing" in proc.stderr
+    assert not (tmp_path / "eval").exists()
+
+
 @pytest.mark.slow
 def test_documented_command_on_the_embedded_model(tmp_path, smollm2_dir) -> None:
     """The README's `sft-eval adapter=RUN_DIR` on the demo held-out split, with the embedded SmolLM2."""
