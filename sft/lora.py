@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sft.config import LoraConfig, QuantConfig
+from sft.errors import ConfigError
 
 CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
@@ -92,8 +93,6 @@ def add_lora(model: Any, quant: QuantConfig, lora: LoraConfig, gradient_checkpoi
     from peft import get_peft_model
 
     from peft.utils.error import NoMatchingPeftModuleError
-
-    from sft.errors import ConfigError
 
     model = enable_checkpointing(model, quant, gradient_checkpointing)
     try:
