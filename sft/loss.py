@@ -125,16 +125,22 @@ def trained_token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: tor
     return _TrainedTokenCrossEntropy.apply(picked, goals, head.weight, head.bias, with_grad), goals.numel()
 
 
-def forward_trained_loss_sum(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, int] | None:
-    """Run `model` (possibly wrapped) on inputs without labels and return the summed trained-token loss,
-    or None when this model needs its own loss (see the module docstring)."""
+def _hidden_states(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.nn.Linear] | None:
+    """Run `model` (possibly wrapped) on inputs without labels with its head as the identity: (final hidden
+    states [B, T, d], the head), or None when this model needs its own loss (see the module docstring)."""
     lm = causal_lm(model)
     head = plain_linear_head(lm)
     if head is None:
         return None
     with head_as_identity(lm, head):
-        hidden = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-    return trained_token_loss_sum(hidden, inputs["labels"], head)
+        return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits, head
+
+
+def forward_trained_loss_sum(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, int] | None:
+    """The summed trained-token loss of `model` on inputs and how many tokens it covers, or None when this
+    model needs its own loss (see the module docstring)."""
+    found = _hidden_states(model, inputs)
+    return None if found is None else trained_token_loss_sum(found[0], inputs["labels"], found[1])
 
 
 def trained_loss_per_row(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,15 +149,12 @@ def trained_loss_per_row(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tens
     does not depend on how the rows were batched or packed."""
     labels = inputs["labels"]
     counts = (labels[:, 1:] != IGNORE_INDEX).sum(1)
-    features = {k: v for k, v in inputs.items() if k != "labels"}
-    lm = causal_lm(model)
-    head = plain_linear_head(lm)
-    if head is None:  # the model's own logits (soft-capping, trained head, ...), one row at a time
-        logits = model(**features).logits
+    found = _hidden_states(model, inputs)
+    if found is None:  # the model's own logits (soft-capping, trained head, ...), one row at a time
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         sums = [F.cross_entropy(logits[b, :-1].float(), labels[b, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
                 for b in range(labels.shape[0])]
     else:
-        with head_as_identity(lm, head):
-            hidden = model(**features).logits
+        hidden, head = found
         sums = [trained_token_loss_sum(hidden[b:b + 1], labels[b:b + 1], head)[0] for b in range(labels.shape[0])]
     return torch.stack(sums).float(), counts
