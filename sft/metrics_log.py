@@ -55,6 +55,14 @@ class MetricsFile(TrainerCallback):
 class Progress(ProgressCallback):
     """tqdm bar (ETA included) with loss, lr and trained tokens/s as its postfix; eval results on their own line."""
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """A resumed run's bar starts at its step, so the rate (and the ETA) counts only steps trained now."""
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=state.max_steps, initial=state.global_step, dynamic_ncols=True)
+        self.current_step = state.global_step
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         if not state.is_world_process_zero or not logs:
             return

@@ -19,7 +19,7 @@ from sft.lora import add_lora, trainable_summary
 from sft.metrics_log import MetricsFile, Progress, plot_loss, read_metrics, rewind_metrics, summary_line
 from sft.model import load_model, load_tokenizer
 from sft.rundir import differing_keys, mark_finished, read_run_config, run_config, run_status, write_run_files
-from sft.trainer import SftTrainer, StopOnPreemption, training_arguments
+from sft.trainer import LogAtCheckpoints, SftTrainer, StopOnPreemption, training_arguments
 
 
 def build_model(cfg: TrainRunConfig, device: str) -> Any:
@@ -44,6 +44,7 @@ def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(Progress())
+    trainer.add_callback(LogAtCheckpoints())
     trainer.add_callback(MetricsFile(out / "metrics.jsonl"))
     if args.process_index == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -66,14 +67,31 @@ def resume_point(trainer: SftTrainer, out: Path) -> Path | None:
         remove_staging(out / "checkpoints")
         rewind_metrics(out / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else -1)
     if checkpoint is not None:
-        trainer.restore_sft_state(read_sft_state(checkpoint))
+        trainer.restore_sft_state(read_sft_state(checkpoint), str(checkpoint))
         print(f"resuming from {checkpoint}")
     return checkpoint
 
 
+def trained_to_the_end(trainer: SftTrainer, checkpoint: Path) -> bool:
+    """True when `checkpoint` holds the last step (the run stopped after it, before finishing): its weights and
+    state are loaded, and no step is trained (the Trainer would train one more: it checks the step count only
+    after a step)."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    if not 0 < state.max_steps <= state.global_step:
+        return False
+    trainer.state = state
+    trainer._load_from_checkpoint(str(checkpoint))
+    return True
+
+
 def finish(trainer: SftTrainer, out: Path, started: float) -> None:
-    """Final eval, adapter/, loss.png, finished.json and the one-line summary (rank 0 writes)."""
-    evaluated = any("eval_loss" in r and r.get("step") == trainer.state.global_step for r in trainer.state.log_history)
+    """Final eval (unless the last step has one, also from before a restart), adapter/, loss.png, finished.json
+    and the one-line summary (rank 0 writes)."""
+    step = trainer.state.global_step
+    logged = trainer.state.log_history + read_metrics(out / "metrics.jsonl")
+    evaluated = any("eval_loss" in r and r.get("step") == step for r in logged)
     if trainer.eval_dataset is not None and not evaluated:
         trainer.evaluate()
     trainer.save_model(str(out / "adapter"))
@@ -94,7 +112,8 @@ def prepare_run(cfg: TrainRunConfig, out: Path) -> tuple[Any, Prepared, Any]:
     tokenizer = load_tokenizer(cfg.model)
     with PartialState().main_process_first():
         prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
-    args = training_arguments(cfg.train, cfg.quant, cfg.seed, out, "eval" in prepared.datasets, cfg.model.dtype)
+    args = training_arguments(cfg.train, cfg.quant, cfg.seed, out, "eval" in prepared.datasets, cfg.model.dtype,
+                              cfg.data.packing)
     if args.process_index == 0:
         write_run_files(out, run_config(cfg), prepared.report, tokenizer)
         print("\n".join(summary_lines(prepared.report)))
@@ -126,13 +145,17 @@ def train(cfg: TrainRunConfig) -> int:
     if checkpoint is None and trainer.eval_dataset is not None and cfg.train.eval_at_start:
         trainer.evaluate()  # step 0: the eval loss before any training
         trainer.model._is_accelerate_prepared = False  # evaluate() marked it prepared: train() would skip DDP
+    if checkpoint is not None and trained_to_the_end(trainer, checkpoint):
+        print(f"{checkpoint} holds the last step: finishing the run")
+        finish(trainer, out, started)
+        return 0
     stopper = StopOnPreemption(preemption)
     trainer.add_callback(stopper)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stopper.stopped_at is not None:
         if trainer.is_world_process_zero():
-            print(f"{preemption.signal_name}: saved checkpoint-{stopper.stopped_at}; rerun the same command to resume "
-                  f"(exit {EXIT_PREEMPTED})")
+            print(f"{preemption.signal_name}: saved checkpoint-{stopper.stopped_at}; rerun the same command with "
+                  f"out_dir={out.resolve()} to resume (exit {EXIT_PREEMPTED})")
         return EXIT_PREEMPTED
     finish(trainer, out, started)
     return 0

@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sft.checkpoint import AtomicCheckpointMixin, Preemption
 from sft.config import QuantConfig, TrainConfig
+from sft.errors import ConfigError
 from sft.loss import forward_trained_loss_sum, trained_loss_per_row
 from sft.model import compute_dtype, pick_device
 
@@ -30,9 +31,11 @@ def pick_optimizer(name: str, device: str) -> str:
 
 
 def training_arguments(
-    train: TrainConfig, quant: QuantConfig, seed: int, out_dir: Path, has_eval: bool, model_dtype: str = "auto"
+    train: TrainConfig, quant: QuantConfig, seed: int, out_dir: Path, has_eval: bool, model_dtype: str = "auto",
+    packing: bool = False,
 ) -> TrainingArguments:
-    """model_dtype: ModelConfig.dtype, which sets the compute precision when nothing is quantized."""
+    """model_dtype: ModelConfig.dtype, which sets the compute precision when nothing is quantized. packing: the
+    rows are packed; each is evaluated on its own (see SftTrainer.prediction_step)."""
     device = pick_device()
     precision = model_dtype if quant.name == "none" else quant.compute_dtype
     # bf16 -> bf16 autocast (on CPU too, when asked for: the GPU's numerics on a CPU); fp16 -> fp16 on GPU only
@@ -47,9 +50,12 @@ def training_arguments(
         lr_scheduler_type=train.scheduler,
         warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         num_train_epochs=train.epochs,
-        max_steps=train.max_steps,
+        max_steps=train.max_steps if train.max_steps > 0 else -1,  # transformers: epochs only below 0
         per_device_train_batch_size=train.micro_batch_size,
-        per_device_eval_batch_size=train.micro_batch_size,
+        # packed rows are flattened into one [1, T] row per micro-batch, so one packed row per eval batch keeps
+        # the per-row sums the evaluation loop gathers one per data set row (it drops the repeats that even
+        # out the ranks' shards by counting rows)
+        per_device_eval_batch_size=1 if packing else train.micro_batch_size,
         gradient_accumulation_steps=train.grad_accum,
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
@@ -72,17 +78,29 @@ def training_arguments(
 
 
 class StopOnPreemption(TrainerCallback):
-    """At each optimizer step boundary: if a signal arrived (on any rank), save a checkpoint and stop."""
+    """At each optimizer step boundary: if a signal arrived (on any rank), save a checkpoint and stop. At the
+    last step the run finishes instead (final eval, adapter/): there is nothing left to resume."""
 
     def __init__(self, preemption: Preemption) -> None:
         self.preemption = preemption
         self.stopped_at: int | None = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-        if self.preemption.agreed():
+        if self.preemption.agreed() and state.global_step < state.max_steps:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
+        return control
+
+
+class LogAtCheckpoints(TrainerCallback):
+    """Also log at every checkpoint and at the last step, whatever train.logging_steps says: a resumed run then
+    averages its logged losses over the same windows as an uninterrupted one, and the run's end is recorded.
+    Runs after the Trainer's own flow callback, which decides the saves."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
         return control
 
 
@@ -157,7 +175,13 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         super().log(logs, start_time)
 
     def sft_state(self) -> dict[str, Any]:
-        return {"trained_tokens": self.trained_tokens}
+        return {"trained_tokens": self.trained_tokens, "world_size": self.args.world_size}
 
-    def restore_sft_state(self, state: dict[str, Any]) -> None:
+    def restore_sft_state(self, state: dict[str, Any], where: str = "the checkpoint") -> None:
+        """Refuses another number of processes: each rank's shard of the data, the position to resume from in
+        it, the rows per step and the per-rank RNG states all depend on it."""
+        saved = state.get("world_size")
+        if saved is not None and saved != self.args.world_size:
+            raise ConfigError(f"{where} was written by {saved} processes and this run has {self.args.world_size}: "
+                              f"resume it with {saved} (torchrun --nproc-per-node, or the Slurm job's GPUs)")
         self.trained_tokens = self._tokens_at_last_log = int(state.get("trained_tokens", 0))

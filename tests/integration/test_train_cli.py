@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from conftest import REPO, run_sft, write_jsonl
 
@@ -61,6 +64,19 @@ def test_train_writes_a_complete_run_dir_and_never_overwrites_it(tiny_dir: Path,
     changed = run_sft("train", *args, "train.lr=2e-3", "lora.r=4")
     assert changed.returncode == 1
     assert "train.lr" in changed.stderr and "lora.r" in changed.stderr and "Traceback" not in changed.stderr
+
+    # killed while finishing, after the last checkpoint: the rerun finishes the run and trains no step past max_steps
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    (out / "finished.json").unlink()
+    shutil.rmtree(out / "adapter")
+    finishing = run_sft("train", *args)
+    assert finishing.returncode == 0, finishing.stderr[-3000:]
+    assert "holds the last step" in finishing.stdout and "done: 4 steps" in finishing.stdout
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert metrics(out) == logged  # no step trained or evaluated again
+    again_adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert adapter.keys() == again_adapter.keys()
+    assert all(torch.equal(adapter[k], again_adapter[k]) for k in adapter)
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -159,3 +175,15 @@ def test_a_model_path_that_is_not_a_model_is_one_message(data_file: Path, tmp_pa
                        "data.max_seq_len=64", f"out_dir={tmp_path / 'run'}", "train.max_steps=1")
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
         assert f"model.path={path}" in done.stderr and message in done.stderr
+
+
+def test_logs_at_every_checkpoint_and_at_the_last_step_whatever_logging_steps(
+    tiny_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    done = run_sft("train", *tiny_overrides(tiny_dir, data_file, f"out_dir={out}", "train.max_steps=3",
+                                            "train.save_steps=2", "train.logging_steps=5"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    # windows end at checkpoints, so a run resumed from checkpoint-2 logs the same losses as this one
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [2, 3]
+    assert "done: 3 steps" in done.stdout
