@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export SFT_CACHE_DIR="${SFT_CACHE_DIR:-$PWD/.cache/sft}"  # converted model + processed data, reused across runs
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest "$@"
+exec "${SFT_VENV:-.venv}/bin/python" -m pytest "$@"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.config import ModelConfig, PromptConfig, QuantConfig
+from sft.config import DataConfig, ModelConfig, PromptConfig, QuantConfig
 from sft.errors import ConfigError
 from sft.model import load_model, model_name, resolve_model_path
 
@@ -113,6 +113,31 @@ def prompt_for(source: AdapterSource | None, prompt: PromptConfig) -> PromptConf
     if trained != prompt:
         print(f"note: using the training run's template prompt.name={trained.name} (from {source.run_dir}/config.yaml)")
     return trained
+
+
+def data_set_by_user() -> bool:
+    """True when the command line chose the data group or set a data.* key, or when no Hydra command runs
+    (a config built in Python is taken as given)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return any(k == "data" or k.startswith("data.") or k.startswith("data@") for k in keys)
+
+
+def data_for(source: AdapterSource | None, data: DataConfig, split: str) -> DataConfig:
+    """Records for split=train|eval: with a training run directory and no data settings of the user's, the
+    run's own data settings (config.yaml), so the held-out split is the one training drew; else `data`."""
+    trained = (source.run_config or {}).get("data") if source else None
+    if split not in ("train", "eval") or not trained or data_set_by_user():
+        return data
+    ours = DataConfig(**{k: v for k, v in trained.items() if k in _fields(DataConfig)})
+    if ours != data:
+        held_out = ours.eval_path or f"eval_fraction={ours.eval_fraction}"
+        print(f"note: split={split} of the training run's data: {ours.path}, held out {held_out} (from "
+              f"{source.run_dir}/config.yaml; set data.* to choose other records)")
+    return ours
 
 
 def _fields(cls: type) -> set[str]:

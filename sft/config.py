@@ -28,8 +28,8 @@ class ModelConfig:
     path: str | None = None
     revision: str | None = None  # Hub revision (branch, tag or commit); ignored for local paths
     trust_remote_code: bool = False  # run model code from the Hub only when the user opts in
-    # weights of non-quantized layers: auto (bf16 on GPUs that have it, else fp16 on GPU; fp32 on CPU) | float32 |
-    # bfloat16 | float16
+    # weights and compute with quant=none (sft-generate/sft-eval's default): auto (bf16 on GPUs that have it, else
+    # fp16 on GPU; fp32 on CPU) | float32 | bfloat16 | float16. With nf4/fp4/int8, quant.compute_dtype decides.
     dtype: str = "auto"
     # sdpa_varlen: sdpa, with packed rows attending one example at a time (sft/attention.py); or any transformers
     # name: sdpa (packed rows as one dense block-diagonal mask), eager, flash_attention_2 (if installed)
@@ -136,8 +136,8 @@ class TrainConfig:
     max_grad_norm: float = 0.3  # gradient clipping (qlora's value)
     optim: str = "auto"  # auto: paged_adamw_8bit on GPU, adamw_torch on CPU; or any transformers optimizer name
     gradient_checkpointing: bool = True  # trade compute for activation memory
-    eval_steps: int = 0  # evaluate on the held-out split every N steps; 0 = only at the end
-    logging_steps: int = 1  # log metrics every N optimizer steps
+    eval_steps: int = 0  # evaluate on the held-out split every N steps; 0 = only before and after training
+    logging_steps: int = 1  # log metrics every N optimizer steps, at every checkpoint and at the last step
     save_steps: int = 50  # checkpoint every N optimizer steps
     save_total_limit: int = 2  # keep the newest N checkpoints
     eval_at_start: bool = True  # evaluate before the first step, so the run records the eval loss before training
@@ -177,7 +177,7 @@ class GenerationConfig:
     min_new_tokens: int = 0
     stop: list[str] = field(default_factory=list)  # stop strings; the output is cut before them
     num_return_sequences: int = 1  # samples per prompt, each with its own seed
-    batch_size: int = 8  # prompts decoded together
+    batch_size: int = 16  # prompts decoded together
     logprobs: bool = False  # also write per-token log-probabilities of the generated tokens
     echo: bool = False  # keep the prompt in front of the output
 
@@ -300,9 +300,17 @@ def resource_path(name: str) -> str:
     return str(Path(__file__).parent / "resources" / name)
 
 
+def demo_eval_path(path: str | None) -> str | None:
+    """`${sft_demo_eval:${.path}}`: the bundled held-out file while data.path is the bundled training file, else
+    None (a user's own data.path with the demo group must not be evaluated on the demo's records)."""
+    return resource_path("demo_eval.jsonl") if path == resource_path("demo_train.jsonl") else None
+
+
 def register_configs() -> None:
     if not OmegaConf.has_resolver("sft_resource"):
         OmegaConf.register_new_resolver("sft_resource", resource_path)
+    if not OmegaConf.has_resolver("sft_demo_eval"):
+        OmegaConf.register_new_resolver("sft_demo_eval", demo_eval_path)
     cs = ConfigStore.instance()
     cs.store(name="base_prepare", node=PrepareRunConfig)
     cs.store(name="base_train", node=TrainRunConfig)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sft.adapter import AdapterSource, base_for, find_adapter, load_for_inference, prompt_for
+from sft.adapter import AdapterSource, base_for, data_for, find_adapter, load_for_inference, prompt_for
 from sft.config import DataConfig, EvalRunConfig, PromptConfig
 from sft.data.collate import PaddedCollator
 from sft.data.load import Record
@@ -99,6 +99,7 @@ def warn_data_drift(source: AdapterSource | None, data: DataConfig) -> None:
 
 def run_eval(cfg: EvalRunConfig) -> dict[str, Any]:
     source = find_adapter(cfg.adapter) if cfg.adapter else None
+    cfg.data = data_for(source, cfg.data, cfg.split)
     warn_data_drift(source, cfg.data)
     model_cfg = base_for(source, cfg.model)
     prompt = prompt_for(source, cfg.prompt)

@@ -12,17 +12,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.adapter import AdapterSource, adapter_hash, base_for, find_adapter, load_for_inference, prompt_for
+from sft.adapter import AdapterSource, adapter_hash, base_for, data_for, find_adapter, load_for_inference, prompt_for
 from sft.config import DataConfig, GenerateRunConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig
 from sft.data.load import Record, load_records
-from sft.data.prompts import end_of_turn_token, render_prompt
+from sft.data.prompts import end_of_turn_token, render_prompt, unescape
 from sft.data.tokenize import special_prefix, token_id
 from sft.decode import Decoded, Stopping, beam_decode, decode
 from sft.errors import ConfigError, DataError
@@ -100,15 +99,6 @@ def stopping_for(tokenizer: Any, model: Any, prompt: PromptConfig, gen: Generati
     ids |= set(eos if isinstance(eos, list) else [eos])
     decode_text = lambda t: tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
     return Stopping(sorted(i for i in ids if i is not None), [unescape(s) for s in gen.stop], decode_text)
-
-
-_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
-
-
-def unescape(text: str) -> str:
-    """A stop string as typed on the command line: Hydra keeps `\\n` as a backslash and an n, so \\n, \\t,
-    \\r and \\\\ are read as newline, tab, carriage return and backslash (`'generation.stop=["\\n"]'`)."""
-    return re.sub(r"\\[ntr\\]", lambda m: _ESCAPES[m.group(0)], text)
 
 
 def to_row(item: Item, d: Decoded, gen: GenerationConfig, tokenizer: Any) -> Row:
@@ -220,6 +210,7 @@ def run_generate(cfg: GenerateRunConfig) -> list[Row]:
     tokenizer = load_tokenizer(model_cfg, path=path)
     tokenizer.padding_side = "left"
     seed = (source.run_config or {}).get("seed", cfg.seed) if source else cfg.seed
+    cfg.data = data_for(source, cfg.data, cfg.split)
     records = select_records(cfg.data, cfg.split, seed)
     limit = context_limit(path, model_cfg, cfg.generation, cfg.max_prompt_tokens)
     items = build_items(records, prompt, tokenizer, cfg.generation, limit, cfg.long_prompt, cfg.data.path)

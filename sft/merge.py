@@ -28,6 +28,7 @@ def base_and_adapter(run_dir: Path, dtype: str = "float32") -> Any:
         raise ConfigError(f"run_dir={run_dir}: no finished adapter ({adapter}/adapter_config.json missing)")
     model_cfg = ModelConfig(**read_run_config(run_dir)["model"])
     model_cfg.dtype = dtype
+    model_cfg.attn_implementation = "sdpa"  # the merge runs no attention; flash_attention_2 would need a GPU
     base = load_model(model_cfg, QuantConfig(name="none"), device="cpu")
     return PeftModel.from_pretrained(base, str(adapter)).eval()
 

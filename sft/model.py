@@ -117,7 +117,8 @@ def compute_dtype(name: str, device: str) -> Any:
     if name != "auto":
         return getattr(torch, name)
     if device.startswith("cuda"):  # "cuda" or "cuda:N" (one device per rank under torchrun)
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # native bf16 only (Ampere and newer): on a T4 or V100 torch would emulate it, slowly
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
 
 

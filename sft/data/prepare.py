@@ -69,8 +69,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 # Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
-# contains "{input}" is kept as written).
-ROWS_FORMAT = 2
+# contains "{input}" is kept as written; 3: \n, \t, \r, \\ in custom templates read as escapes).
+ROWS_FORMAT = 3
 
 
 def cache_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:

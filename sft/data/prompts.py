@@ -43,11 +43,20 @@ def _format(template: str, record: Record) -> str:
     return _FIELD.sub(lambda m: record[m.group(1)], template)
 
 
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """Text as typed on the command line (a custom template, a stop string): Hydra keeps `\\n` as a backslash
+    and an n, so \\n, \\t, \\r and \\\\ are read as newline, tab, carriage return and backslash."""
+    return re.sub(r"\\[ntr\\]", lambda m: _ESCAPES[m.group(0)], text)
+
+
 def _templates(cfg: PromptConfig) -> tuple[str, str]:
     if cfg.name == "alpaca":
         return ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT
     if cfg.name == "custom" and cfg.template_input and cfg.template_no_input:
-        return cfg.template_input, cfg.template_no_input
+        return unescape(cfg.template_input), unescape(cfg.template_no_input)
     raise ConfigError(f"prompt.name={cfg.name!r} has no text templates")
 
 

@@ -175,3 +175,28 @@ def test_prompts_without_outputs_generate_with_no_reference(tiny, tmp_path) -> N
     ok(run_sft("generate", f"model.path={tiny['base']}", f"data.path={prompts}", f"out_dir={tmp_path / 'g'}",
                "generation.max_new_tokens=4"))
     assert [r["reference"] for r in rows(tmp_path / "g")] == [None, None, None]
+
+
+def test_split_eval_of_a_run_directory_is_the_split_training_drew(tiny, tmp_path) -> None:
+    from sft.config import DataConfig
+    from sft.data.prepare import load_splits
+
+    run = tmp_path / "run"
+    save_adapter(tiny["base"], run / "adapter")
+    data = {"path": str(tiny["data"]), "eval_path": None, "eval_fraction": 0.3, "max_seq_len": 128}
+    config = {"model": {"path": str(tiny["base"])}, "data": data, "prompt": CUSTOM, "quant": {"name": "nf4"},
+              "lora": {"r": 4}, "train": {}, "seed": 7}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    held_out = load_splits(DataConfig(**data), 7)[0]["eval"]
+    assert 0 < len(held_out) < len(RECORDS)
+
+    # no data settings given: the run's data and seed (the defaults would be the demo's file, split=eval fails)
+    proc = run_sft("generate", f"adapter={run}", "split=eval", f"out_dir={tmp_path / 'g'}", "generation.max_new_tokens=4")
+    ok(proc)
+    assert "split=eval of the training run's data" in proc.stdout
+    assert sorted(r["instruction"] for r in rows(tmp_path / "g")) == sorted(r["instruction"] for r in held_out)
+    # the user's own data settings win
+    mine = run_sft("generate", f"adapter={run}", "split=eval", f"data.path={tiny['data']}", "data.eval_fraction=0.5",
+                   f"out_dir={tmp_path / 'h'}", "generation.max_new_tokens=4")
+    ok(mine)
+    assert len(rows(tmp_path / "h")) == 5

@@ -90,3 +90,14 @@ def test_help_and_log_carry_the_command_name(primary):
     cfg = compose_with(primary, [], hydra_cfg=True)
     assert cfg.hydra.job.name == cfg.hydra.help.app_name == f"sft-{primary}"
     assert cfg.hydra.help.header.startswith(f"sft-{primary}: ")
+
+
+def test_the_demo_held_out_file_applies_only_to_the_demo_data():
+    from sft.config import resource_path
+
+    demo = typed(compose_with("train", ["out_dir=/tmp/unused"])).data
+    assert demo.path == resource_path("demo_train.jsonl") and demo.eval_path == resource_path("demo_eval.jsonl")
+    mine = typed(compose_with("train", ["data.path=my.jsonl", "data.eval_fraction=0.05", "out_dir=/tmp/unused"])).data
+    assert mine.path == "my.jsonl" and mine.eval_path is None and mine.eval_fraction == 0.05
+    chosen = typed(compose_with("train", ["data.path=my.jsonl", "data.eval_path=held.jsonl", "out_dir=/tmp/unused"])).data
+    assert chosen.eval_path == "held.jsonl"

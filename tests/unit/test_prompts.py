@@ -41,6 +41,18 @@ def test_custom_template_keeps_braces_in_the_data(char_tokenizer):
     assert render_prompt({**code, "input": "hello"}, cfg, char_tokenizer) == 'I: What does print(f"{input}") print? [hello] =>'
 
 
+def test_custom_template_typed_on_the_command_line_reads_escapes(char_tokenizer):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    # the documented override (conf/prompt/custom.yaml), as the shell hands it to Hydra
+    (override,) = OverridesParser.create().parse_overrides(["prompt.template_no_input='Q: {instruction}\\nA:'"])
+    assert override.value() == "Q: {instruction}\\nA:"  # Hydra keeps the backslash and the n
+    cfg = PromptConfig(name="custom", template_input="{instruction} {input}", template_no_input=override.value())
+    record = {"id": 0, "instruction": "Name a colour \\n please", "input": "", "output": "red"}
+    # the template's escape becomes a newline; the data's own backslashes stay as written
+    assert render_prompt(record, cfg, char_tokenizer) == "Q: Name a colour \\n please\nA:"
+
+
 def test_chat_template_trains_each_assistant_turn(smollm2_tokenizer):
     msgs = [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
