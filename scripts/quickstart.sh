@@ -17,15 +17,20 @@ SFT="$VENV/bin/python -m sft"  # = the sft-train / sft-eval console scripts
 
 $SFT train +experiment=cpu_demo out_dir="$RUN" "$@"
 
-"$VENV/bin/python" - "$RUN" <<'PY'
+# Held-out loss before/after; exits 3 when the run has no held-out split (e.g. data.path=... alone).
+if "$VENV/bin/python" - "$RUN" <<'PY'
 import json, sys
 from pathlib import Path
 rows = [json.loads(line) for line in (Path(sys.argv[1]) / "metrics.jsonl").read_text().splitlines()]
 evals = [r for r in rows if "eval_loss" in r]
+if not evals:
+    print("\nno held-out split (set data.eval_path or data.eval_fraction): no before/after comparison")
+    sys.exit(3)
 print(f"\nheld-out loss per answer token: before {evals[0]['eval_loss']:.3f} (step {evals[0]['step']}), "
       f"after {evals[-1]['eval_loss']:.3f} (step {evals[-1]['step']})")
 PY
-
-# Generated answers before/after: sft-eval scores the base and base+adapter on the same held-out file.
-$SFT eval adapter="$RUN" out_dir=outputs/quickstart/eval
+then
+  # Generated answers before/after: sft-eval scores the base and base+adapter on the run's held-out records.
+  $SFT eval adapter="$RUN" out_dir=outputs/quickstart/eval
+fi
 echo "quickstart: $(( $(date +%s) - START )) s; run directory $RUN (adapter/, metrics.jsonl, loss.png, config.yaml)"

@@ -115,28 +115,42 @@ def prompt_for(source: AdapterSource | None, prompt: PromptConfig) -> PromptConf
     return trained
 
 
-def data_set_by_user() -> bool:
-    """True when the command line chose the data group or set a data.* key, or when no Hydra command runs
-    (a config built in Python is taken as given)."""
+def data_keys_set_by_user() -> set[str] | None:
+    """The data.* keys the command line set ("path" also when it chose a data group), or None when no Hydra
+    command runs (a config built in Python is taken as given whole)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return True
-    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
-    return any(k == "data" or k.startswith("data.") or k.startswith("data@") for k in keys)
+        return None
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "data" or key.startswith("data@"):
+            keys.add("path")
+        elif key.startswith("data."):
+            keys.add(key.removeprefix("data.").split(".")[0])
+    return keys
 
 
 def data_for(source: AdapterSource | None, data: DataConfig, split: str) -> DataConfig:
-    """Records for split=train|eval: with a training run directory and no data settings of the user's, the
-    run's own data settings (config.yaml), so the held-out split is the one training drew; else `data`."""
+    """Records for split=train|eval with a training run directory: the run's own data settings (config.yaml), so
+    the held-out split is the one training drew, with the data.* keys given on the command line on top. Another
+    data.path (or data group) means other data: then `data` as given. Anything else: `data`."""
     trained = (source.run_config or {}).get("data") if source else None
-    if split not in ("train", "eval") or not trained or data_set_by_user():
+    given = data_keys_set_by_user()
+    if split not in ("train", "eval") or not trained or given is None or "path" in given:
         return data
     ours = DataConfig(**{k: v for k, v in trained.items() if k in _fields(DataConfig)})
+    ours = dataclasses.replace(ours, **{k: getattr(data, k) for k in given if k in _fields(DataConfig)})
+    for key in ("path", "eval_path"):
+        value = getattr(ours, key)
+        if value and Path(value).suffix in (".json", ".jsonl", ".parquet", ".csv") and not Path(value).exists():
+            raise ConfigError(f"data.{key}={value} (from {source.run_dir}/config.yaml) is not found from here "
+                              f"({Path.cwd()}): give data.path and data.eval_path of the held-out records")
     if ours != data:
         held_out = ours.eval_path or f"eval_fraction={ours.eval_fraction}"
         print(f"note: split={split} of the training run's data: {ours.path}, held out {held_out} (from "
-              f"{source.run_dir}/config.yaml; set data.* to choose other records)")
+              f"{source.run_dir}/config.yaml; data.path=... chooses other records)")
     return ours
 
 

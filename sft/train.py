@@ -81,9 +81,23 @@ def trained_to_the_end(trainer: SftTrainer, checkpoint: Path) -> bool:
     state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     if not 0 < state.max_steps <= state.global_step:
         return False
+    # the file is rank 0's: each rank takes its own role back (only rank 0 writes metrics and prints)
+    state.is_world_process_zero = trainer.is_world_process_zero()
+    state.is_local_process_zero = trainer.is_local_process_zero()
     trainer.state = state
     trainer._load_from_checkpoint(str(checkpoint))
     return True
+
+
+def one_answer(value: bool) -> bool:
+    """Rank 0's value on every rank (evaluate() is collective: all ranks must make the same choice)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def finish(trainer: SftTrainer, out: Path, started: float) -> None:
@@ -91,7 +105,7 @@ def finish(trainer: SftTrainer, out: Path, started: float) -> None:
     and the one-line summary (rank 0 writes)."""
     step = trainer.state.global_step
     logged = trainer.state.log_history + read_metrics(out / "metrics.jsonl")
-    evaluated = any("eval_loss" in r and r.get("step") == step for r in logged)
+    evaluated = one_answer(any("eval_loss" in r and r.get("step") == step for r in logged))  # rank 0's file decides
     if trainer.eval_dataset is not None and not evaluated:
         trainer.evaluate()
     trainer.save_model(str(out / "adapter"))

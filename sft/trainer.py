@@ -88,6 +88,7 @@ class StopOnPreemption(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         if self.preemption.agreed() and state.global_step < state.max_steps:
             control.should_save = True
+            control.should_log = True  # the loss since the last log is not in the checkpoint (LogAtCheckpoints)
             control.should_training_stop = True
             self.stopped_at = state.global_step
         return control

@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import make_char_tokenizer, run_sft, tiny_llama, write_jsonl
 
-from sft.config import DataConfig, PromptConfig
+from sft.config import DataConfig, PromptConfig, resource_path
 from sft.evaluate import reference_loss
 
 RECORDS = [{"instruction": f"Name item {i}.", "input": "" if i % 2 else "x", "output": f"item {i}"} for i in range(6)]
@@ -34,7 +34,7 @@ def make_run(root: Path, base_path: str | None, base_model) -> Path:
     peft_model = get_peft_model(base_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(run / "adapter")
     config = {"model": {"path": base_path}, "prompt": {"name": "alpaca"}, "quant": {"name": "nf4"}, "seed": 0,
-              "data": {"path": "somewhere.jsonl", "eval_path": None, "eval_fraction": 0.1}}
+              "data": {"path": resource_path("demo_train.jsonl"), "eval_path": resource_path("demo_eval.jsonl")}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     return run
 
@@ -102,7 +102,8 @@ def test_records_without_references_are_one_error(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_documented_command_on_the_embedded_model(tmp_path, smollm2_dir) -> None:
-    """The README's `sft-eval adapter=RUN_DIR` on the demo held-out split, with the embedded SmolLM2."""
+    """The README's `sft-eval adapter=RUN_DIR` on the run's held-out file (the demo's), with the embedded SmolLM2;
+    data.max_records applies on top of the run's data settings."""
     from transformers import AutoModelForCausalLM
 
     run = make_run(tmp_path, None, AutoModelForCausalLM.from_pretrained(smollm2_dir))

@@ -195,8 +195,15 @@ def test_split_eval_of_a_run_directory_is_the_split_training_drew(tiny, tmp_path
     ok(proc)
     assert "split=eval of the training run's data" in proc.stdout
     assert sorted(r["instruction"] for r in rows(tmp_path / "g")) == sorted(r["instruction"] for r in held_out)
-    # the user's own data settings win
-    mine = run_sft("generate", f"adapter={run}", "split=eval", f"data.path={tiny['data']}", "data.eval_fraction=0.5",
-                   f"out_dir={tmp_path / 'h'}", "generation.max_new_tokens=4")
+    # data.* keys given on the command line apply on top of the run's data settings
+    mine = run_sft("generate", f"adapter={run}", "split=eval", "data.eval_fraction=0.5", f"out_dir={tmp_path / 'h'}",
+                   "generation.max_new_tokens=4")
     ok(mine)
-    assert len(rows(tmp_path / "h")) == 5
+    half = load_splits(DataConfig(**{**data, "eval_fraction": 0.5}), 7)[0]["eval"]
+    assert sorted(r["instruction"] for r in rows(tmp_path / "h")) == sorted(r["instruction"] for r in half)
+    assert len(half) == 5
+    # a run whose data file is not where its config.yaml says, seen from here: one message, nothing written
+    lost = run_sft("generate", f"adapter={tiny['run']}", "split=eval", f"out_dir={tmp_path / 'm'}")
+    assert lost.returncode == 1 and "Traceback" not in lost.stderr
+    assert f"data.path=train.jsonl (from {tiny['run']}/config.yaml) is not found from here" in lost.stderr
+    assert not (tmp_path / "m").exists()
