@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import DataConfig, ModelConfig, PromptConfig, QuantConfig
+from sft.data.load import is_local
 from sft.errors import ConfigError
 from sft.model import load_model, model_name, resolve_model_path
 
@@ -144,7 +145,7 @@ def data_for(source: AdapterSource | None, data: DataConfig, split: str) -> Data
     ours = dataclasses.replace(ours, **{k: getattr(data, k) for k in given if k in _fields(DataConfig)})
     for key in ("path", "eval_path"):
         value = getattr(ours, key)
-        if value and Path(value).suffix in (".json", ".jsonl", ".parquet", ".csv") and not Path(value).exists():
+        if value and is_local(value) and not Path(value).exists():
             raise ConfigError(f"data.{key}={value} (from {source.run_dir}/config.yaml) is not found from here "
                               f"({Path.cwd()}): give data.path and data.eval_path of the held-out records")
     if ours != data:

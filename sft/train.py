@@ -31,7 +31,8 @@ def build_model(cfg: TrainRunConfig, device: str) -> Any:
     return model
 
 
-def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any, tokenizer: Any, out: Path) -> SftTrainer:
+def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any, tokenizer: Any, out: Path,
+                  stopper: StopOnPreemption) -> SftTrainer:
     from transformers import ProgressCallback
 
     splits = prepared.datasets
@@ -44,6 +45,7 @@ def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(Progress())
+    trainer.add_callback(stopper)  # before LogAtCheckpoints, which logs at the checkpoint a preemption asks for
     trainer.add_callback(LogAtCheckpoints())
     trainer.add_callback(MetricsFile(out / "metrics.jsonl"))
     if args.process_index == 0:
@@ -104,8 +106,8 @@ def finish(trainer: SftTrainer, out: Path, started: float) -> None:
     """Final eval (unless the last step has one, also from before a restart), adapter/, loss.png, finished.json
     and the one-line summary (rank 0 writes)."""
     step = trainer.state.global_step
-    logged = trainer.state.log_history + read_metrics(out / "metrics.jsonl")
-    evaluated = one_answer(any("eval_loss" in r and r.get("step") == step for r in logged))  # rank 0's file decides
+    evaluated = one_answer(trainer.is_world_process_zero() and any(  # rank 0's metrics.jsonl decides
+        "eval_loss" in r and r.get("step") == step for r in trainer.state.log_history + read_metrics(out / "metrics.jsonl")))
     if trainer.eval_dataset is not None and not evaluated:
         trainer.evaluate()
     trainer.save_model(str(out / "adapter"))
@@ -154,7 +156,8 @@ def train(cfg: TrainRunConfig) -> int:
     tokenizer, prepared, args = prepare_run(cfg, out)
     model = build_model(cfg, str(args.device))
     print(trainable_summary(model))
-    trainer = build_trainer(cfg, model, prepared, args, tokenizer, out)
+    stopper = StopOnPreemption(preemption)
+    trainer = build_trainer(cfg, model, prepared, args, tokenizer, out, stopper)
     checkpoint = resume_point(trainer, out)
     if checkpoint is None and trainer.eval_dataset is not None and cfg.train.eval_at_start:
         trainer.evaluate()  # step 0: the eval loss before any training
@@ -163,8 +166,6 @@ def train(cfg: TrainRunConfig) -> int:
         print(f"{checkpoint} holds the last step: finishing the run")
         finish(trainer, out, started)
         return 0
-    stopper = StopOnPreemption(preemption)
-    trainer.add_callback(stopper)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stopper.stopped_at is not None:
         if trainer.is_world_process_zero():

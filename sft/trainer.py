@@ -88,7 +88,6 @@ class StopOnPreemption(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         if self.preemption.agreed() and state.global_step < state.max_steps:
             control.should_save = True
-            control.should_log = True  # the loss since the last log is not in the checkpoint (LogAtCheckpoints)
             control.should_training_stop = True
             self.stopped_at = state.global_step
         return control
@@ -97,7 +96,7 @@ class StopOnPreemption(TrainerCallback):
 class LogAtCheckpoints(TrainerCallback):
     """Also log at every checkpoint and at the last step, whatever train.logging_steps says: a resumed run then
     averages its logged losses over the same windows as an uninterrupted one, and the run's end is recorded.
-    Runs after the Trainer's own flow callback, which decides the saves."""
+    Must run after the callbacks that decide the saves (the Trainer's flow callback, StopOnPreemption)."""
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         if control.should_save or state.global_step >= state.max_steps:
