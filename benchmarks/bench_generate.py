@@ -2,7 +2,7 @@
 """python benchmarks/bench_generate.py ../shared/data/alpaca_en_demo.json --max-new-tokens 32  -- prints JSON.
 
 On N prompts (Alpaca template) with the embedded SmolLM2 (fp32 on CPU; bf16 with --device cuda), greedy:
-1. our batched decoding (sft.decode) at --batch-size, against
+1. our batched decoding (sft.generate.decode) at --batch-size, against
 2. one prompt at a time through `model.generate` (the loop most inference scripts use), and
 3. `model.generate` at the same batch size with left padding;
 in generated tokens per second (tokens up to, not counting, the EOS). Then sampled (temperature 1, top-p
@@ -25,9 +25,10 @@ import torch
 
 from sft.config import DataConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig
 from sft.data.load import load_records
-from sft.decode import left_pad
-from sft.generate import build_items, decode_batch, stopping_for
-from sft.model import load_model, load_tokenizer, resolve_model_path
+from sft.generate.decode import left_pad
+from sft.generate.items import build_items
+from sft.generate.job import decode_batch, stopping_for
+from sft.model.load import load_model, load_tokenizer, resolve_model_path
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:

@@ -29,7 +29,7 @@ from sft.data.load import load_records
 from sft.data.packing import pack_examples, packing_stats
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.tokenize import IGNORE_INDEX, encode, tokenize_examples
-from sft.model import load_tokenizer
+from sft.model.load import load_tokenizer
 
 
 def alpaca_preprocess(records: list[dict], tokenizer, max_len: int) -> list[dict]:

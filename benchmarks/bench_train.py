@@ -116,7 +116,7 @@ def model_flops(config: Any, lora_params: int, real_tokens: int, pairs: int) -> 
 
 
 def profile_tensors(args: argparse.Namespace) -> bool:
-    from sft.model import pick_device
+    from sft.model.quant import pick_device
 
     return not args.no_tensor_peak and pick_device() != "cuda"
 
@@ -216,8 +216,8 @@ def one_micro_batch(trainer: Any, counter: CountingCollator, tensor_peak: "Tenso
 
 def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from sft.config import DataConfig, LoraConfig, ModelConfig, PromptConfig, QuantConfig
-    from sft.lora import add_lora
-    from sft.model import load_model, load_tokenizer
+    from sft.model.lora import add_lora
+    from sft.model.load import load_model, load_tokenizer
     from transformers import set_seed
 
     tokenizer = load_tokenizer(ModelConfig())
@@ -232,7 +232,7 @@ def ours(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any
     from sft.config import TrainConfig
     from sft.data.collate import make_collator
     from sft.data.prepare import prepare
-    from sft.trainer import SftTrainer, training_arguments
+    from sft.train.trainer import SftTrainer, training_arguments
 
     data, prompt, quant = cfgs
     dataset = prepare(data, prompt, tokenizer, seed=0, use_cache=False).datasets["train"]
@@ -250,8 +250,8 @@ def trl(args: argparse.Namespace, tokenizer: Any, model: Any, cfgs: Any) -> Any:
 
     from sft.data.load import load_records
     from sft.data.prompts import render_prompt
-    from sft.model import compute_dtype, pick_device
-    from sft.trainer import pick_optimizer
+    from sft.model.quant import compute_dtype, pick_device
+    from sft.train.trainer import pick_optimizer
 
     data, prompt, quant = cfgs
     records = load_records(data.path, data).records
@@ -332,7 +332,7 @@ def write_subset(args: argparse.Namespace) -> str:
     from sft.config import DataConfig, ModelConfig, PromptConfig
     from sft.data.load import load_records
     from sft.data.prompts import render_prompt
-    from sft.model import load_tokenizer
+    from sft.model.load import load_tokenizer
 
     tokenizer, prompt = load_tokenizer(ModelConfig()), PromptConfig(name="alpaca")
     records = load_records(args.data, DataConfig(path=args.data)).records

@@ -1,5 +1,5 @@
 """Console entry points: choose the C allocator (sft.allocator), compose the Hydra config, turn it into typed
-config, call into sft. Nothing else.
+config, call `<stage>.run(cfg)`. Nothing else; the only module that reads Hydra's state.
 
 User mistakes (SftError) print one message and exit 1 without a traceback; `debug=true` shows it.
 """
@@ -10,6 +10,7 @@ import sys
 from typing import Any, Callable
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -42,41 +43,54 @@ def run_command(command: Callable[[Any], Any], cfg: DictConfig) -> Any:
         sys.exit(1)
 
 
+def data_keys_set_by_user() -> set[str]:
+    """The data.* keys the command line set ("path" also when it chose a data group): with a training run
+    directory, sft-generate and sft-eval put these on top of the run's own data settings."""
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "data" or key.startswith("data@"):
+            keys.add("path")
+        elif key.startswith("data."):
+            keys.add(key.removeprefix("data.").split(".")[0])
+    return keys
+
+
 @hydra.main(config_path=CONFIG_PATH, config_name="prepare", version_base="1.3")
 def prepare_main(cfg: DictConfig) -> None:
-    from sft.commands import run_prepare
+    from sft import data
 
-    run_command(run_prepare, cfg)
+    run_command(data.run, cfg)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def train_main(cfg: DictConfig) -> None:
-    from sft.commands import run_train
+    from sft import train
 
-    status = run_command(run_train, cfg)
+    status = run_command(train.run, cfg)
     if status:  # preempted: a checkpoint was saved; rerunning the same command resumes
         sys.exit(status)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="merge", version_base="1.3")
 def merge_main(cfg: DictConfig) -> None:
-    from sft.commands import run_merge
+    from sft import export
 
-    run_command(run_merge, cfg)
+    run_command(export.run, cfg)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="generate", version_base="1.3")
 def generate_main(cfg: DictConfig) -> None:
-    from sft.generate import run_generate
+    from sft import generate
 
-    run_command(run_generate, cfg)
+    run_command(lambda typed_cfg: generate.run(typed_cfg, data_keys_set_by_user()), cfg)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def eval_main(cfg: DictConfig) -> None:
-    from sft.evaluate import run_eval
+    from sft import evaluate
 
-    run_command(run_eval, cfg)
+    run_command(lambda typed_cfg: evaluate.run(typed_cfg, data_keys_set_by_user()), cfg)
 
 
 def console(main: Callable[[], Any]) -> Callable[[], None]:

@@ -31,7 +31,7 @@ class ModelConfig:
     # weights and compute with quant=none (sft-generate/sft-eval's default): auto (bf16 on GPUs that have it, else
     # fp16 on GPU; fp32 on CPU) | float32 | bfloat16 | float16. With nf4/fp4/int8, quant.compute_dtype decides.
     dtype: str = "auto"
-    # sdpa_varlen: sdpa, with packed rows attending one example at a time (sft/attention.py); or any transformers
+    # sdpa_varlen: sdpa, with packed rows attending one example at a time (sft/model/attention.py); or any transformers
     # name: sdpa (packed rows as one dense block-diagonal mask), eager, flash_attention_2 (if installed)
     attn_implementation: str = "sdpa_varlen"
 

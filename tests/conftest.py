@@ -61,7 +61,7 @@ def char_tokenizer() -> Any:
 def smollm2_dir() -> str:
     """The embedded SmolLM2-135M-Instruct as a local transformers directory (converted once, then cached)."""
     from sft.config import ModelConfig
-    from sft.model import resolve_model_path
+    from sft.model.load import resolve_model_path
 
     return resolve_model_path(ModelConfig())
 
@@ -69,7 +69,7 @@ def smollm2_dir() -> str:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2_dir: str) -> Any:
     from sft.config import ModelConfig
-    from sft.model import load_tokenizer
+    from sft.model.load import load_tokenizer
 
     return load_tokenizer(ModelConfig(), path=smollm2_dir)
 
@@ -106,6 +106,19 @@ def one_torch_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_run_config(run_dir: Path, model_path: str | None, data: dict[str, Any], prompt: dict[str, Any] | None = None,
+                     seed: int = 0) -> Path:
+    """config.yaml of a training run, written by RunDir as sft-train writes it (the full resolved config), for
+    tests that save the run's adapter themselves."""
+    from sft.config import DataConfig, LoraConfig, ModelConfig, PromptConfig, TrainRunConfig
+    from sft.run.rundir import RunDir, run_config
+
+    cfg = TrainRunConfig(model=ModelConfig(path=model_path), data=DataConfig(**data), prompt=PromptConfig(**(prompt or {})),
+                         lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), out_dir=str(run_dir), seed=seed)
+    RunDir(run_dir).write_config(run_config(cfg))
+    return run_dir
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:

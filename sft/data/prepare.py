@@ -9,22 +9,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sft
-from sft.config import DataConfig, PromptConfig
+from sft.config import DataConfig, PrepareRunConfig, PromptConfig
 from sft.data.load import Record, is_local, load_records, split_records
 from sft.data.packing import pack_examples, packing_stats
 from sft.data.prompts import build_segments, end_of_turn_token, render_prompt
 from sft.data.tokenize import TokenizeStats, tokenize_examples
 from sft.errors import DataError
-from sft.model import cache_root
-from sft.publish import publish_dir
+from sft.io import cache_root, publish_dir, write_json_atomic
 
 SPLITS = ("train", "eval")
 
@@ -132,23 +129,7 @@ def build(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> 
 
 def _write(prepared: Prepared, directory: Path) -> None:
     prepared.datasets.save_to_disk(str(directory / "dataset"))
-    (directory / "report.json").write_text(json.dumps(prepared.report, indent=2) + "\n")
-
-
-def _save(prepared: Prepared, target: Path) -> None:
-    """Write dataset/ and report.json into `target`, replacing what is there; report.json goes last, so
-    a directory with a report always holds a complete dataset."""
-    target.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target, prefix=".tmp-"))
-    try:
-        _write(prepared, tmp)
-        (target / "report.json").unlink(missing_ok=True)
-        if (target / "dataset").exists():
-            shutil.rmtree(target / "dataset")
-        os.replace(tmp / "dataset", target / "dataset")
-        os.replace(tmp / "report.json", target / "report.json")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_json_atomic(directory / "report.json", prepared.report)
 
 
 def load_prepared(directory: Path) -> Prepared:
@@ -174,6 +155,33 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
 
 
 def write_prepared(prepared: Prepared, out_dir: str) -> Path:
+    """dataset/ and report.json in out_dir, replacing what is there; report.json goes last, so a directory with a
+    report always holds a complete dataset."""
     target = Path(out_dir)
-    _save(prepared, target)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "report.json").unlink(missing_ok=True)
+    shutil.rmtree(target / "dataset", ignore_errors=True)
+    publish_dir(target / "dataset", lambda tmp: prepared.datasets.save_to_disk(str(tmp)), marker="dataset_dict.json")
+    write_json_atomic(target / "report.json", prepared.report)
     return target
+
+
+def run(cfg: PrepareRunConfig) -> Prepared:
+    """sft-prepare: the rows and their report in cfg.out_dir, with a summary and `inspect` rows on stdout."""
+    import datasets
+
+    from sft.data.inspect import render_example, summary_lines
+    from sft.model.load import load_tokenizer
+
+    datasets.disable_progress_bars()
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
+    out = write_prepared(prepared, cfg.out_dir)
+    for line in summary_lines(prepared.report):
+        print(line)
+    train = prepared.datasets["train"]
+    for i in range(min(cfg.inspect, len(train))):
+        print(f"\n--- train row {i} ({len(train[i]['input_ids'])} tokens; trained tokens highlighted) ---")
+        print(render_example(train[i]["input_ids"], train[i]["labels"], tokenizer, color=None))
+    print(f"\nwrote {out / 'dataset'} and {out / 'report.json'}")
+    return prepared

@@ -10,9 +10,10 @@ from conftest import run_sft
 
 from sft.config import DataConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig, resource_path
 from sft.data.load import load_records
-from sft.decode import left_pad
-from sft.generate import build_items, decode_batch, stopping_for
-from sft.model import load_model
+from sft.generate.decode import left_pad
+from sft.generate.items import build_items
+from sft.generate.job import decode_batch, stopping_for
+from sft.model.load import load_model
 
 pytestmark = pytest.mark.gpu
 

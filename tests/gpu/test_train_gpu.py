@@ -28,8 +28,8 @@ def test_qlora_nf4_bf16_paged_optimizer_trains_and_resumes(smollm2_dir: str, tmp
 def test_padded_and_packed_losses_agree_on_gpu_in_bf16(smollm2_dir: str, smollm2_tokenizer: object) -> None:
     from sft.config import LoraConfig, ModelConfig, QuantConfig
     from sft.data.collate import PackedCollator, PaddedCollator
-    from sft.lora import add_lora
-    from sft.model import load_model
+    from sft.model.lora import add_lora
+    from sft.model.load import load_model
 
     quant = QuantConfig(name="nf4")
     model = add_lora(load_model(ModelConfig(), quant, device="cuda"), quant, LoraConfig(dropout=0.0), True).eval()

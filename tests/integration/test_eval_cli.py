@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import make_char_tokenizer, run_sft, tiny_llama, write_jsonl
+from conftest import make_char_tokenizer, run_sft, tiny_llama, write_jsonl, write_run_config
 
 from sft.config import DataConfig, PromptConfig, resource_path
-from sft.evaluate import reference_loss
+from sft.evaluate.reference import reference_loss
 
 RECORDS = [{"instruction": f"Name item {i}.", "input": "" if i % 2 else "x", "output": f"item {i}"} for i in range(6)]
 
@@ -33,10 +32,8 @@ def make_run(root: Path, base_path: str | None, base_model) -> Path:
     run = root / "run"
     peft_model = get_peft_model(base_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(run / "adapter")
-    config = {"model": {"path": base_path}, "prompt": {"name": "alpaca"}, "quant": {"name": "nf4"}, "seed": 0,
-              "data": {"path": resource_path("demo_train.jsonl"), "eval_path": resource_path("demo_eval.jsonl")}}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    return run
+    data = {"path": resource_path("demo_train.jsonl"), "eval_path": resource_path("demo_eval.jsonl")}
+    return write_run_config(run, base_path, data, {"name": "alpaca"})
 
 
 def table_lines(stdout: str) -> list[str]:

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import make_char_tokenizer, run_sft, tiny_llama, write_jsonl
+from conftest import make_char_tokenizer, run_sft, tiny_llama, write_jsonl, write_run_config
 
 RECORDS = [
     {"instruction": f"Say something about item {i}.", "input": "" if i % 3 else f"context {i}", "output": f"answer {i}"}
@@ -46,9 +45,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     base, other = save_base(root / "base", 0), save_base(root / "other", 1)
     run = root / "run"
     save_adapter(base, run / "adapter")
-    config = {"model": {"path": str(base)}, "data": {"path": "train.jsonl"}, "prompt": CUSTOM, "quant": {"name": "nf4"},
-              "lora": {"r": 4}, "train": {}, "seed": 0}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    write_run_config(run, str(base), {"path": "train.jsonl"}, CUSTOM)
     return {"base": base, "other": other, "run": run, "data": write_jsonl(root / "prompts.jsonl", RECORDS)}
 
 
@@ -184,9 +181,7 @@ def test_split_eval_of_a_run_directory_is_the_split_training_drew(tiny, tmp_path
     run = tmp_path / "run"
     save_adapter(tiny["base"], run / "adapter")
     data = {"path": str(tiny["data"]), "eval_path": None, "eval_fraction": 0.3, "max_seq_len": 128}
-    config = {"model": {"path": str(tiny["base"])}, "data": data, "prompt": CUSTOM, "quant": {"name": "nf4"},
-              "lora": {"r": 4}, "train": {}, "seed": 7}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    write_run_config(run, str(tiny["base"]), data, CUSTOM, seed=7)
     held_out = load_splits(DataConfig(**data), 7)[0]["eval"]
     assert 0 < len(held_out) < len(RECORDS)
 

@@ -9,9 +9,10 @@ import torch
 
 from sft.config import DataConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig, resource_path
 from sft.data.load import load_records
-from sft.decode import left_pad
-from sft.generate import Item, build_items, decode_batch, stopping_for, to_row
-from sft.model import load_model
+from sft.generate.decode import left_pad
+from sft.generate.items import Item, build_items
+from sft.generate.job import decode_batch, stopping_for, to_row
+from sft.model.load import load_model
 
 N = 16
 

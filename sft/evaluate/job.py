@@ -1,0 +1,86 @@
+"""`sft-eval`: the held-out split scored before (base) and after (base + adapter) training.
+
+    sft-eval adapter=outputs/my-run out_dir=eval/my-run
+
+For each model it writes a resumable generation run (`<out_dir>/base/`, `<out_dir>/adapter/`) and scores
+it with exact match, token F1 and ROUGE-L (sft.evaluate.metrics), and computes the loss and perplexity of the
+references (sft.evaluate.reference). The table goes to stdout as markdown and to `<out_dir>/eval.json` and
+`eval.md`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from sft.config import DataConfig, EvalRunConfig
+from sft.errors import DataError
+from sft.evaluate.metrics import score_rows
+from sft.evaluate.reference import reference_loss
+from sft.evaluate.report import markdown_table
+from sft.generate.items import describe
+from sft.generate.job import generate_into, identity
+from sft.generate.outputs import check_resumable
+from sft.generate.setup import GenerationSetup, load_for_inference, resolve_setup
+from sft.io import write_json_atomic, write_text_atomic
+from sft.model.load import model_name
+from sft.run.adapter import AdapterSource
+
+
+def variants(cfg: EvalRunConfig, source: AdapterSource | None) -> list[tuple[str, AdapterSource | None]]:
+    if source is None:
+        return [("base", None)]
+    return ([("base", None)] if cfg.compare_base else []) + [("adapter", source)]
+
+
+def evaluate_variant(cfg: EvalRunConfig, name: str, src: AdapterSource | None, model: Any, setup: GenerationSetup,
+                     ident: dict[str, Any]) -> dict[str, Any]:
+    use_base = src is None and setup.source is not None
+    with model.disable_adapter() if use_base else contextlib.nullcontext():
+        result: dict[str, Any] = {"model": model_name(setup.model) + (f" + {src.path}" if src else "")}
+        if cfg.generate:
+            rows = generate_into(Path(cfg.out_dir) / name, model, setup.tokenizer, setup.items, ident,
+                                 {"data": setup.data.path, "split": cfg.split}, result["model"])
+            result.update(score_rows(rows))
+        result.update(reference_loss(model, setup.tokenizer, setup.records, setup.prompt, setup.data, cfg.loss_batch_size))
+    return result
+
+
+def warn_data_drift(source: AdapterSource | None, data: DataConfig) -> None:
+    trained = source.run.data() if source and source.run else None
+    if trained is None:
+        return
+    ours = (data.path, data.eval_path, data.eval_fraction)
+    theirs = (trained.path, trained.eval_path, trained.eval_fraction)
+    if theirs != ours:
+        print(f"note: the run held out {theirs[1] or f'eval_fraction={theirs[2]}'} of {theirs[0]}; "
+              f"evaluating on {ours[1] or f'eval_fraction={ours[2]}'} of {ours[0]}", file=sys.stderr)
+
+
+def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str, Any]:
+    """sft-eval. given_data_keys: the data.* keys set on the command line (sft.generate.setup.resolve_setup)."""
+    setup = resolve_setup(cfg, given_data_keys, items=cfg.generate)
+    warn_data_drift(setup.source, setup.data)
+    missing = next((r for r in setup.records if describe(r)[2] is None), None)
+    if missing is not None:  # only split=all reads prompt-only records; scores and loss need the answer
+        raise DataError(f"{setup.data.path}: record {missing['id']}: field {cfg.data.output_field!r}: missing "
+                        "(sft-eval compares against references; sft-generate takes prompts alone)")
+    idents = {name: identity(setup.model, cfg.quant, src, setup.prompt, cfg.generation, setup.items)
+              for name, src in variants(cfg, setup.source)}
+    if cfg.generate:
+        for name in idents:  # a wrong out_dir fails before the model loads
+            check_resumable(Path(cfg.out_dir) / name, idents[name])
+    model = load_for_inference(setup, cfg.quant)
+    results = {name: evaluate_variant(cfg, name, src, model, setup, idents[name]) for name, src in variants(cfg, setup.source)}
+    table = markdown_table(results)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"split": cfg.split, "data": setup.data.path, "eval_path": setup.data.eval_path, "template": setup.prompt.name,
+              "adapter": str(setup.source.path) if setup.source else None, "results": results, "table": table}
+    write_json_atomic(out / "eval.json", report)
+    write_text_atomic(out / "eval.md", table + "\n")
+    print(table)
+    print(f"\nwrote {out / 'eval.json'}")
+    return report

@@ -1,0 +1,158 @@
+"""What a generation or evaluation runs on, resolved once into one `GenerationSetup`: the adapter, the base it
+was trained on, the template, the tokenizer, the records and the prompt budget.
+
+A training run directory fixes the base model and the prompt template, so evaluation uses exactly what
+training used; an adapter trained on another base is refused. With split=train|eval it also fixes the data
+settings, so the held-out split is the one training drew.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sft.config import DataConfig, GenerateRunConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig
+from sft.data.load import Record, is_local, load_records
+from sft.errors import ConfigError, DataError
+from sft.generate.items import Item, build_items
+from sft.model.load import load_model, load_tokenizer, model_name, resolve_model_path
+from sft.run.adapter import AdapterSource, find_adapter
+
+
+@dataclass
+class GenerationSetup:
+    source: AdapterSource | None  # the adapter, or None for the base alone
+    model: ModelConfig  # the base: the run's own when there is a run
+    model_path: str  # what from_pretrained reads
+    prompt: PromptConfig  # the training run's template, else the configured one
+    tokenizer: Any  # padding on the left
+    data: DataConfig  # the data settings the records were selected with
+    seed: int  # the seed of the held-out split
+    records: list[Record]
+    items: list[Item]  # one per (record, sample), prompts tokenized and fitted to the context
+
+    @property
+    def name(self) -> str:
+        """The model as rows and reports name it: the base, plus the adapter's run or directory."""
+        return model_name(self.model) + (f"+{self.source.where}" if self.source else "")
+
+
+def resolve_setup(cfg: GenerateRunConfig, given_data_keys: set[str] | None, items: bool = True) -> GenerationSetup:
+    """given_data_keys: the data.* keys the command line set ("path" also for a data group), or None to take
+    cfg.data as given whole (a config built in Python). items=False: no prompts are built."""
+    source = find_adapter(cfg.adapter) if cfg.adapter else None
+    data = data_for(source, cfg.data, cfg.split, given_data_keys)
+    model = base_for(source, cfg.model)
+    prompt = prompt_for(source, cfg.prompt)
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(model, path=path)
+    tokenizer.padding_side = "left"
+    seed = source.run.seed(cfg.seed) if source and source.run else cfg.seed
+    records = select_records(data, cfg.split, seed)
+    limit = context_limit(path, model, cfg.generation, cfg.max_prompt_tokens)
+    built = build_items(records, prompt, tokenizer, cfg.generation, limit, cfg.long_prompt, data.path) if items else []
+    return GenerationSetup(source, model, path, prompt, tokenizer, data, seed, records, built)
+
+
+def select_records(data: DataConfig, split: str, seed: int) -> list[Record]:
+    """`all`: every record of data.path; `train`/`eval`: that side of the held-out split, as training made it."""
+    if split == "all":
+        return load_records(data.path, data, answers=False).records  # outputs, when present, are references
+    from sft.data.prepare import load_splits
+
+    splits, _ = load_splits(data, seed)
+    if split not in splits:
+        raise DataError(f"split={split}: {data.path} has no {split} records (set data.eval_path or data.eval_fraction, or split=all)")
+    return splits[split]
+
+
+def context_limit(model_path: str, model_cfg: ModelConfig, gen: GenerationConfig, max_prompt_tokens: int | None) -> int:
+    """The most prompt tokens that leave room for max_new_tokens in the model's context."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+    context = getattr(config, "max_position_embeddings", None) or 1 << 30
+    if gen.max_new_tokens >= context:
+        raise ConfigError(f"generation.max_new_tokens={gen.max_new_tokens}: the model's context is {context} tokens, "
+                          "which must hold the prompt and the new tokens")
+    return min(max_prompt_tokens or context, context - gen.max_new_tokens)
+
+
+def same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.parent.name == pb.parent.name == "gguf" and pa.name == pb.name:
+        return True  # the same cached GGUF conversion (its name hashes the source file) under another cache root
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return pa.name == pb.name and bool(pa.name)  # e.g. a cached conversion whose cache root is gone
+
+
+def base_for(source: AdapterSource | None, model: ModelConfig) -> ModelConfig:
+    """The base model to load: the run's own when the user left model.path unset; a contradiction is refused."""
+    if source is None:
+        return model
+    if source.run is not None:
+        trained = source.run.model()
+        if model.path is not None and trained.path != model.path and not same_model(str(trained.path), model.path):
+            raise ConfigError(
+                f"adapter={source.run.path} was trained on base {model_name(trained)}, "
+                f"but model.path={model.path}: drop model.path or use an adapter trained on it"
+            )
+        model = dataclasses.replace(trained, dtype=model.dtype, attn_implementation=model.attn_implementation)
+    if source.base:
+        resolved = resolve_model_path(model)
+        if not (same_model(source.base, resolved) or (model.path and same_model(source.base, model.path))):
+            raise ConfigError(
+                f"adapter={source.path} was trained on base {source.base}, "
+                f"but the base model is {model_name(model)} ({resolved})"
+            )
+    return model
+
+
+def prompt_for(source: AdapterSource | None, prompt: PromptConfig) -> PromptConfig:
+    """The template of the training run (never drifts); the configured one for a bare adapter or a base."""
+    trained = source.run.prompt() if source and source.run else None
+    if trained is None:
+        return prompt
+    if trained != prompt:
+        print(f"note: using the training run's template prompt.name={trained.name} (from {source.run.config_file})")  # type: ignore[union-attr]
+    return trained
+
+
+def data_for(source: AdapterSource | None, data: DataConfig, split: str, given: set[str] | None) -> DataConfig:
+    """Records for split=train|eval with a training run directory: the run's own data settings (config.yaml), so
+    the held-out split is the one training drew, with the data.* keys given on the command line on top. Another
+    data.path (or data group) means other data: then `data` as given. Anything else: `data`."""
+    run = source.run if source else None
+    trained = run.data() if run else None
+    if split not in ("train", "eval") or trained is None or given is None or "path" in given:
+        return data
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    ours = dataclasses.replace(trained, **{k: getattr(data, k) for k in given if k in names})
+    for key in ("path", "eval_path"):
+        value = getattr(ours, key)
+        if value and is_local(value) and not Path(value).exists():
+            raise ConfigError(f"data.{key}={value} (from {run.config_file}) is not found from here "  # type: ignore[union-attr]
+                              f"({Path.cwd()}): give data.path and data.eval_path of the held-out records")
+    if ours != data:
+        held_out = ours.eval_path or f"eval_fraction={ours.eval_fraction}"
+        print(f"note: split={split} of the training run's data: {ours.path}, held out {held_out} (from "
+              f"{run.config_file}; data.path=... chooses other records)")  # type: ignore[union-attr]
+    return ours
+
+
+def load_for_inference(setup: GenerationSetup, quant: QuantConfig) -> Any:
+    """Base (optionally 4/8-bit) in eval mode, with the adapter attached when there is one."""
+    model = load_model(setup.model, quant, path=setup.model_path)
+    if setup.source is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(setup.source.path), is_trainable=False)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"adapter={setup.source.path}: cannot load onto {model_name(setup.model)} ({e})") from None
+    return model.eval()

@@ -1,0 +1,196 @@
+"""sft-train: prepared rows + QLoRA model + transformers Trainer -> a self-describing, resumable run directory.
+
+`run(cfg)` reads like a table of contents; the step loop belongs to the Trainer (sft.train.trainer), the run
+directory to sft.run.RunDir, checkpoints and preemption to sft.train.checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from sft.config import TrainRunConfig
+from sft.data.collate import make_collator
+from sft.data.inspect import summary_lines
+from sft.data.prepare import Prepared, prepare
+from sft.model.load import load_model, load_tokenizer
+from sft.model.lora import add_lora, trainable_summary
+from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
+from sft.run.rundir import RunDir, run_config
+from sft.train.callbacks import LogAtCheckpoints, MetricsFile, Progress, StopOnPreemption
+from sft.train.checkpoint import EXIT_PREEMPTED, Preemption
+from sft.train.report import plot_loss, summary_line
+from sft.train.trainer import SftTrainer, training_arguments
+
+
+def build_model(cfg: TrainRunConfig, device: str) -> Any:
+    """Quantized base + LoRA; the LoRA init is drawn from the seeded global RNG."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    model = add_lora(load_model(cfg.model, cfg.quant, device=device), cfg.quant, cfg.lora, cfg.train.gradient_checkpointing)
+    return model
+
+
+def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any, tokenizer: Any, run: RunDir,
+                  stopper: StopOnPreemption) -> SftTrainer:
+    from transformers import ProgressCallback
+
+    splits = prepared.datasets
+    trainer = SftTrainer(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["eval"] if "eval" in splits else None,
+        data_collator=make_collator(cfg.data.packing, tokenizer.pad_token_id),
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(Progress())
+    trainer.add_callback(stopper)  # before LogAtCheckpoints, which logs at the checkpoint a preemption asks for
+    trainer.add_callback(LogAtCheckpoints())
+    trainer.add_callback(MetricsFile(run.metrics_file))
+    if args.process_index == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        # events logged after the checkpoint a rerun resumes from (or all, with none) are hidden in TensorBoard:
+        # those steps are trained and logged again
+        checkpoint = run.latest_checkpoint()
+        purge_step = checkpoint_step(checkpoint) + 1 if checkpoint else 0
+        board = TensorBoardCallback(tb_writer=SummaryWriter(str(run.tensorboard), purge_step=purge_step))
+        board.logging_dir = str(run.tensorboard)  # where it reopens its writer after train() closed it
+        trainer.add_callback(board)
+    return trainer
+
+
+def resume_point(trainer: SftTrainer, run: RunDir) -> Path | None:
+    """The newest complete checkpoint (its token count restored, later metrics dropped), or None."""
+    checkpoint = run.latest_checkpoint()
+    if trainer.is_world_process_zero():
+        remove_staging(run.checkpoints)
+        run.rewind_metrics(checkpoint_step(checkpoint) if checkpoint else -1)
+    if checkpoint is not None:
+        trainer.restore_sft_state(read_sft_state(checkpoint), str(checkpoint))
+        print(f"resuming from {checkpoint}")
+    return checkpoint
+
+
+def trained_to_the_end(trainer: SftTrainer, checkpoint: Path) -> bool:
+    """True when `checkpoint` holds the last step (the run stopped after it, before finishing): its weights and
+    state are loaded, and no step is trained (the Trainer would train one more: it checks the step count only
+    after a step)."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    if not 0 < state.max_steps <= state.global_step:
+        return False
+    # the file is rank 0's: each rank takes its own role back (only rank 0 writes metrics and prints)
+    state.is_world_process_zero = trainer.is_world_process_zero()
+    state.is_local_process_zero = trainer.is_local_process_zero()
+    trainer.state = state
+    trainer._load_from_checkpoint(str(checkpoint))
+    return True
+
+
+def one_answer(value: bool) -> bool:
+    """Rank 0's value on every rank (evaluate() is collective: all ranks must make the same choice)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def finish(trainer: SftTrainer, run: RunDir, started: float) -> None:
+    """Final eval (unless the last step has one, also from before a restart), adapter/, loss.png, finished.json
+    and the one-line summary (rank 0 writes)."""
+    step = trainer.state.global_step
+    evaluated = one_answer(trainer.is_world_process_zero() and any(  # rank 0's metrics.jsonl decides
+        "eval_loss" in r and r.get("step") == step for r in trainer.state.log_history + run.read_metrics()))
+    if trainer.eval_dataset is not None and not evaluated:
+        trainer.evaluate()
+    trainer.save_model(str(run.adapter))
+    if not trainer.is_world_process_zero():
+        return
+    metrics = run.read_metrics()
+    plot_loss(metrics, run.path / "loss.png")
+    line = summary_line(metrics, time.time() - started)
+    run.mark_finished({"global_step": trainer.state.global_step, "trained_tokens": trainer.trained_tokens, "summary": line})
+    print(f"{line}\nrun directory: {run.path} (adapter in {run.adapter})")
+
+
+def prepare_run(cfg: TrainRunConfig, run: RunDir) -> tuple[Any, Prepared, Any]:
+    """Tokenizer, prepared rows (rank 0 first: it fills the cache) and trainer arguments; rank 0 writes
+    config.yaml, report.json and the tokenizer into the run directory."""
+    from accelerate import PartialState
+
+    tokenizer = load_tokenizer(cfg.model)
+    with PartialState().main_process_first():
+        prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
+    args = training_arguments(cfg.train, cfg.quant, cfg.seed, run.path, "eval" in prepared.datasets, cfg.model.dtype,
+                              cfg.data.packing)
+    if args.process_index == 0:
+        run.begin(run_config(cfg), prepared.report, tokenizer)
+        print("\n".join(summary_lines(prepared.report)))
+    return tokenizer, prepared, args
+
+
+def run(cfg: TrainRunConfig) -> int:
+    """sft-train: the exit status, 0 (trained, or already finished) or EXIT_PREEMPTED."""
+    status = train(cfg)  # on an exception torchrun ends the other ranks; no barrier they could hang in
+    leave_process_group()
+    return status
+
+
+def leave_process_group() -> None:
+    """Under torchrun, wait for every rank (rank 0 writes the artifacts last) and tear the process group down
+    before exit: a rank leaving with live gloo threads aborts ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def train(cfg: TrainRunConfig) -> int:
+    """Train (or resume, or recognise as finished) the run in cfg.out_dir. Returns the process exit status."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    started = time.time()
+    run = RunDir(cfg.out_dir)
+    out = run.path
+    status = run.status(run_config(cfg))
+    if status == "finished":
+        print(f"{out}: this run is already finished (finished.json); nothing to do")
+        return 0
+    if status == "restart":
+        changed = run.changed_keys(run_config(cfg))
+        print(f"{out}: the run there stopped before its first checkpoint; starting over with the changed "
+              f"settings ({', '.join(changed)})")
+    preemption = Preemption()
+    preemption.install()  # a signal from here on stops at the first step boundary, with a checkpoint
+    tokenizer, prepared, args = prepare_run(cfg, run)
+    model = build_model(cfg, str(args.device))
+    print(trainable_summary(model))
+    stopper = StopOnPreemption(preemption)
+    trainer = build_trainer(cfg, model, prepared, args, tokenizer, run, stopper)
+    checkpoint = resume_point(trainer, run)
+    if checkpoint is None and trainer.eval_dataset is not None and cfg.train.eval_at_start:
+        trainer.evaluate()  # step 0: the eval loss before any training
+        trainer.model._is_accelerate_prepared = False  # evaluate() marked it prepared: train() would skip DDP
+    if checkpoint is not None and trained_to_the_end(trainer, checkpoint):
+        print(f"{checkpoint} holds the last step: finishing the run")
+        finish(trainer, run, started)
+        return 0
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stopper.stopped_at is not None:
+        if trainer.is_world_process_zero():
+            print(f"{preemption.signal_name}: saved checkpoint-{stopper.stopped_at}; rerun the same command with "
+                  f"out_dir={out.resolve()} to resume (exit {EXIT_PREEMPTED})")
+        return EXIT_PREEMPTED
+    finish(trainer, run, started)
+    return 0

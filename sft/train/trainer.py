@@ -1,0 +1,160 @@
+"""The transformers Trainer, fed with our rows and collators, plus what a run needs around its step loop:
+atomic checkpoints, a trained-token counter that survives resumes, and stop-at-next-step on preemption.
+
+The loss is normalized over every trained token of the optimizer step (all micro-batches, all ranks): the
+Trainer counts labels[..., 1:] != -100 before the step (`num_items_in_batch`) and the summed token losses
+are divided by that count, so accumulation and packing never turn it into a mean of means. In training the
+sum comes from sft.train.loss (logits of trained positions only, in chunks). Evaluation is normalized the same way:
+eval_loss is the summed loss of every held-out trained token over their number (each row's sum and count are
+gathered across ranks), not a mean of per-batch means, so it does not depend on micro-batch size or packing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainingArguments
+
+from sft.train.checkpoint import AtomicCheckpointMixin
+from sft.config import QuantConfig, TrainConfig
+from sft.errors import ConfigError
+from sft.train.loss import forward_trained_loss_sum, trained_loss_per_row
+from sft.model.quant import compute_dtype, pick_device
+
+
+def pick_optimizer(name: str, device: str) -> str:
+    if name != "auto":
+        return name
+    return "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
+
+
+def training_arguments(
+    train: TrainConfig, quant: QuantConfig, seed: int, out_dir: Path, has_eval: bool, model_dtype: str = "auto",
+    packing: bool = False,
+) -> TrainingArguments:
+    """model_dtype: ModelConfig.dtype, which sets the compute precision when nothing is quantized. packing: the
+    rows are packed; each is evaluated on its own (see SftTrainer.prediction_step)."""
+    device = pick_device()
+    precision = model_dtype if quant.name == "none" else quant.compute_dtype
+    # bf16 -> bf16 autocast (on CPU too, when asked for: the GPU's numerics on a CPU); fp16 -> fp16 on GPU only
+    dtype = str(compute_dtype(precision, device)).removeprefix("torch.")
+    eval_steps = train.eval_steps if has_eval and train.eval_steps > 0 else None
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        report_to="none",  # TensorBoard is added by build_trainer, writing to out_dir/tensorboard on rank 0
+        seed=seed,
+        data_seed=seed,
+        learning_rate=train.lr,
+        lr_scheduler_type=train.scheduler,
+        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps if train.max_steps > 0 else -1,  # transformers: epochs only below 0
+        per_device_train_batch_size=train.micro_batch_size,
+        # packed rows are flattened into one [1, T] row per micro-batch, so one packed row per eval batch keeps
+        # the per-row sums the evaluation loop gathers one per data set row (it drops the repeats that even
+        # out the ranks' shards by counting rows)
+        per_device_eval_batch_size=1 if packing else train.micro_batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=pick_optimizer(train.optim, device),
+        bf16=dtype == "bfloat16",
+        fp16=device == "cuda" and dtype == "float16",
+        logging_steps=train.logging_steps,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        remove_unused_columns=False,  # rows are already model inputs; position_ids must reach the model
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        average_tokens_across_devices=True,  # the loss divisor counts the trained tokens of every rank
+        use_cpu=device == "cpu",
+        disable_tqdm=False,
+    )
+
+
+def token_mean_loss(prediction: Any) -> dict[str, float]:
+    """compute_metrics of evaluation: predictions are per-row loss sums, label_ids per-row trained tokens."""
+    total, count = float(prediction.predictions.sum()), int(prediction.label_ids.sum())
+    return {"loss": total / count if count else float("nan"), "trained_tokens": count}
+
+
+class SftTrainer(AtomicCheckpointMixin, Trainer):
+    """Trainer that counts trained tokens (for tokens/s and the metrics), evaluates the mean loss per trained
+    token, and checkpoints atomically."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("compute_metrics", token_mean_loss)
+        super().__init__(*args, **kwargs)
+        self.trained_tokens = 0
+        self._tokens_at_last_log = 0
+        self._time_at_last_log: float | None = None  # set when the first step starts: setup is not timed
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        if self._time_at_last_log is None:
+            self._time_at_last_log = time.perf_counter()
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # num_items: trained tokens of this optimizer step over all ranks (what the loss is divided by)
+        if num_items is not None:
+            self.trained_tokens += int(num_items.sum().item() if hasattr(num_items, "sum") else num_items)
+        return batches, num_items
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """Training: trained-token loss sum / num_items_in_batch, scaled by the number of processes as the
+        Trainer scales a model's own loss (DDP averages gradients over ranks; the divisor already counts
+        every rank's tokens)."""
+        summed = None
+        if model.training and not return_outputs and num_items_in_batch is not None:
+            summed = forward_trained_loss_sum(model, inputs)
+        if summed is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = summed[0] / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return loss
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[None, Any, Any]:
+        """Evaluation: (no batch loss, per-row loss sums, per-row trained-token counts); the evaluation loop
+        gathers them across ranks (dropping the rows that even out the shards) and token_mean_loss divides."""
+        import torch
+
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            sums, counts = trained_loss_per_row(model, inputs)
+        return None, sums, counts
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """As Trainer.evaluate; the time it takes is left out of the next tokens/s."""
+        started = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            if self._time_at_last_log is not None:
+                self._time_at_last_log += time.perf_counter() - started
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            now = time.perf_counter()
+            since = self._time_at_last_log if self._time_at_last_log is not None else now
+            logs["trained_tokens"] = self.trained_tokens
+            logs["tokens_per_s"] = (self.trained_tokens - self._tokens_at_last_log) / max(now - since, 1e-9)
+            self._tokens_at_last_log, self._time_at_last_log = self.trained_tokens, now
+        super().log(logs, start_time)
+
+    def sft_state(self) -> dict[str, Any]:
+        return {"trained_tokens": self.trained_tokens, "world_size": self.args.world_size}
+
+    def restore_sft_state(self, state: dict[str, Any], where: str = "the checkpoint") -> None:
+        """Refuses another number of processes: each rank's shard of the data, the position to resume from in
+        it, the rows per step and the per-rank RNG states all depend on it."""
+        saved = state.get("world_size")
+        if saved is not None and saved != self.args.world_size:
+            raise ConfigError(f"{where} was written by {saved} processes and this run has {self.args.world_size}: "
+                              f"resume it with {saved} (torchrun --nproc-per-node, or the Slurm job's GPUs)")
+        self.trained_tokens = self._tokens_at_last_log = int(state.get("trained_tokens", 0))

@@ -1,0 +1,87 @@
+"""RunDir: what it writes is what later commands read, how a rerun is judged, which checkpoints count (no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sft.config import TrainRunConfig
+from sft.errors import ConfigError
+from sft.run.checkpoints import complete_checkpoints, latest_checkpoint, remove_staging, rotate
+from sft.run.rundir import FINISHED, RunDir, describe_differences, run_config
+
+
+def config(**train: object) -> dict:
+    cfg = TrainRunConfig(out_dir="/runs/a")
+    cfg.data.path = "train.jsonl"
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return run_config(cfg)
+
+
+def test_run_config_keeps_the_keys_evaluation_reads() -> None:
+    assert {"model", "data", "prompt", "quant", "lora", "train", "seed"} <= set(config())
+    assert config()["prompt"]["name"] == "alpaca"
+
+
+def test_differing_keys_name_each_change_and_ignore_out_dir() -> None:
+    old, new = config(), config(lr=1e-3)
+    new["lora"]["r"] = 8
+    new["out_dir"] = "/elsewhere"
+    diff = describe_differences(old, new)
+    assert [d.split(":")[0] for d in diff] == ["lora.r", "train.lr"]
+    assert describe_differences(old, config()) == []
+
+
+def test_run_status_new_resume_finished_and_conflict(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    assert run.status(config()) == "new"
+    run.write_config(config())
+    assert run.status(config()) == "resume"
+    assert RunDir(tmp_path).config == config()  # what a later command reads is what was written
+    run.mark_finished({"global_step": 3})
+    assert (tmp_path / FINISHED).is_file()
+    assert run.status(config()) == "finished"
+    with pytest.raises(ConfigError, match=r"train\.max_steps: -1 in the run, 7 now"):
+        run.status(config(max_steps=7))
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_may_restart_with_other_settings(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.write_config(config(micro_batch_size=8))  # e.g. out of memory at step 1
+    assert run.status(config(micro_batch_size=4)) == "restart"
+    assert run.changed_keys(config(micro_batch_size=4)) == ["train.micro_batch_size"]
+    assert run.status(config(micro_batch_size=8)) == "resume"
+    make_checkpoint(run.checkpoints, ".tmp-checkpoint-2")  # a half-written checkpoint keeps nothing
+    assert run.status(config(micro_batch_size=4)) == "restart"
+    make_checkpoint(run.checkpoints, "checkpoint-2")  # trained steps are kept: never overwritten
+    with pytest.raises(ConfigError, match=r"train\.micro_batch_size: 8 in the run, 4 now"):
+        run.status(config(micro_batch_size=4))
+
+
+def test_out_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        RunDir(tmp_path / "file").status(config())
+
+
+def make_checkpoint(root: Path, name: str, complete: bool = True) -> Path:
+    path = root / name
+    path.mkdir(parents=True)
+    if complete:
+        (path / "trainer_state.json").write_text("{}")
+    return path
+
+
+def test_latest_checkpoint_never_picks_staging_or_incomplete_directories(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path / "missing") is None
+    make_checkpoint(tmp_path, "checkpoint-2")
+    make_checkpoint(tmp_path, "checkpoint-10")
+    make_checkpoint(tmp_path, ".tmp-checkpoint-12")  # a save killed before its rename
+    make_checkpoint(tmp_path, "checkpoint-11", complete=False)
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # numeric order, not string order
+    remove_staging(tmp_path)
+    assert not (tmp_path / ".tmp-checkpoint-12").exists()
+    rotate(tmp_path, keep=1)
+    assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-10"]
