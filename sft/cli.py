@@ -7,6 +7,7 @@ User mistakes (SftError) print one message and exit 1 without a traceback; `debu
 from __future__ import annotations
 
 import sys
+from dataclasses import fields, is_dataclass
 from typing import Any, Callable
 
 import hydra
@@ -14,11 +15,29 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sft.config import register_configs, validate
+from sft.config import register_configs
 from sft.errors import ConfigError, SftError
 
 CONFIG_PATH = "pkg://sft.conf"
 register_configs()
+
+
+def collect_problems(node: Any, key: str = "") -> list[str]:
+    """Every problem of a config tree, keys written as Hydra overrides spell them."""
+    out: list[str] = []
+    if hasattr(node, "problems"):
+        out += node.problems(key)
+    for f in fields(node):
+        child = getattr(node, f.name)
+        if is_dataclass(child):
+            out += collect_problems(child, f"{key}.{f.name}" if key else f.name)
+    return out
+
+
+def validate(cfg: Any) -> None:
+    problems = collect_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
 def typed(cfg: DictConfig) -> Any:

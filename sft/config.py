@@ -2,12 +2,12 @@
 
 Hydra composes YAML onto these schemas, so an unknown key or a wrong type fails at start-up with the key
 named. Value checks that types cannot express (ranges, closed choices, combinations) live in `problems()`
-methods; `validate()` collects every problem of a whole config and raises once.
+methods; sft.cli.validate collects every problem of a whole config and raises once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,17 @@ from omegaconf import MISSING, OmegaConf
 
 from sft.errors import ConfigError
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
     return [] if value in allowed else [f"{key}={value!r}: must be one of {', '.join(allowed)}"]
+
+
+def _at_least(node: Any, key: str, low: int, names: tuple[str, ...]) -> list[str]:
+    """`{key}.{name}=...: must be at least {low}` for each of names below low ("must be >= 0" for low 0)."""
+    rule = "must be >= 0" if low == 0 else f"must be at least {low}"
+    return [f"{key}.{n}={getattr(node, n)}: {rule}" for n in names if getattr(node, n) < low]
 
 
 @dataclass
@@ -36,7 +44,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa_varlen"
 
     def problems(self, key: str) -> list[str]:
-        return _choice(f"{key}.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        return _choice(f"{key}.dtype", self.dtype, DTYPES)
 
 
 @dataclass
@@ -100,7 +108,7 @@ class QuantConfig:
 
     def problems(self, key: str) -> list[str]:
         out = _choice(f"{key}.name", self.name, ("nf4", "fp4", "int8", "none"))
-        out += _choice(f"{key}.compute_dtype", self.compute_dtype, ("auto", "float32", "bfloat16", "float16"))
+        out += _choice(f"{key}.compute_dtype", self.compute_dtype, DTYPES)
         out += _choice(f"{key}.quant_storage", self.quant_storage, ("uint8", "float32", "bfloat16", "float16"))
         return out
 
@@ -143,10 +151,7 @@ class TrainConfig:
     eval_at_start: bool = True  # evaluate before the first step, so the run records the eval loss before training
 
     def problems(self, key: str) -> list[str]:
-        out = []
-        for name in ("micro_batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"):
-            if getattr(self, name) < 1:
-                out.append(f"{key}.{name}={getattr(self, name)}: must be at least 1")
+        out = _at_least(self, key, 1, ("micro_batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"))
         if self.lr <= 0:
             out.append(f"{key}.lr={self.lr}: must be positive")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -189,12 +194,8 @@ class GenerationConfig:
             out.append(f"{key}.top_p={self.top_p}: must be in (0, 1]")
         if not 0.0 <= self.min_p < 1.0:
             out.append(f"{key}.min_p={self.min_p}: must be in [0, 1)")
-        for name in ("top_k", "no_repeat_ngram_size", "min_new_tokens"):
-            if getattr(self, name) < 0:
-                out.append(f"{key}.{name}={getattr(self, name)}: must be >= 0")
-        for name in ("num_beams", "max_new_tokens", "num_return_sequences", "batch_size"):
-            if getattr(self, name) < 1:
-                out.append(f"{key}.{name}={getattr(self, name)}: must be at least 1")
+        out += _at_least(self, key, 0, ("top_k", "no_repeat_ngram_size", "min_new_tokens"))
+        out += _at_least(self, key, 1, ("num_beams", "max_new_tokens", "num_return_sequences", "batch_size"))
         if self.repetition_penalty <= 0:
             out.append(f"{key}.repetition_penalty={self.repetition_penalty}: must be positive")
         if self.num_beams > 1 and self.logprobs:
@@ -247,9 +248,10 @@ class GenerateRunConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     quant: QuantConfig = field(default_factory=lambda: QuantConfig(name="none"))
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    adapter: str | None = None  # adapter directory or training run directory; null = base model alone
+    adapter: str | None = None  # adapter dir or training run dir (its config.yaml fixes base and template); null = base
     out_dir: str = MISSING
-    split: str = "all"  # all: every record of data.path | train | eval: that side of the held-out split
+    # all: every record of data.path | train | eval: that side of the held-out split (with a run dir: the run's own
+    split: str = "all"  # data settings, so the split training drew, with data.* given on top; data.path=... other data)
     seed: int = 0  # seeds the held-out split (data.eval_fraction); a training run dir's own seed wins
     max_prompt_tokens: int | None = None  # prompts longer than this (default: context - max_new_tokens) ...
     long_prompt: str = "truncate"  # ... are cut from the left with a warning (truncate) or refused (error)
@@ -277,24 +279,6 @@ class EvalRunConfig(GenerateRunConfig):
         return out
 
 
-def collect_problems(node: Any, key: str = "") -> list[str]:
-    """Every problem of a config tree, keys written as Hydra overrides spell them."""
-    out: list[str] = []
-    if hasattr(node, "problems"):
-        out += node.problems(key)
-    for f in fields(node):
-        child = getattr(node, f.name)
-        if is_dataclass(child):
-            out += collect_problems(child, f"{key}.{f.name}" if key else f.name)
-    return out
-
-
-def validate(cfg: Any) -> None:
-    problems = collect_problems(cfg)
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-
-
 def resource_path(name: str) -> str:
     """Absolute path of a file bundled with the package (the demo data): `${sft_resource:demo_train.jsonl}`."""
     return str(Path(__file__).parent / "resources" / name)
@@ -311,9 +295,7 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("sft_resource", resource_path)
     if not OmegaConf.has_resolver("sft_demo_eval"):
         OmegaConf.register_new_resolver("sft_demo_eval", demo_eval_path)
-    cs = ConfigStore.instance()
-    cs.store(name="base_prepare", node=PrepareRunConfig)
-    cs.store(name="base_train", node=TrainRunConfig)
-    cs.store(name="base_merge", node=MergeRunConfig)
-    cs.store(name="base_generate", node=GenerateRunConfig)
-    cs.store(name="base_eval", node=EvalRunConfig)
+    schemas = {"prepare": PrepareRunConfig, "train": TrainRunConfig, "merge": MergeRunConfig,
+               "generate": GenerateRunConfig, "eval": EvalRunConfig}
+    for command, schema in schemas.items():
+        ConfigStore.instance().store(name=f"base_{command}", node=schema)

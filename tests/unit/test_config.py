@@ -101,3 +101,22 @@ def test_the_demo_held_out_file_applies_only_to_the_demo_data():
     assert mine.path == "my.jsonl" and mine.eval_path is None and mine.eval_fraction == 0.05
     chosen = typed(compose_with("train", ["data.path=my.jsonl", "data.eval_path=held.jsonl", "out_dir=/tmp/unused"])).data
     assert chosen.eval_path == "held.jsonl"
+
+
+@pytest.mark.parametrize("group", ["quant", "prompt"])
+def test_a_named_option_is_what_it_says_in_every_command(group):
+    """conf/ holds only what differs from the schema defaults, and those differ by command (quant is none for
+    sft-generate and sft-eval, nf4 for sft-train): each option must still name itself wherever it is chosen."""
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        for primary in (p for p in PRIMARIES if f"  - {group}: " in (CONF / f"{p}.yaml").read_text()):
+            assert compose_with(primary, [f"{group}={option}"])[group].name == option, (primary, option)
+
+
+def test_every_package_is_installed():
+    """pyproject lists the packages by name (conf/ ships as sft.conf): a new one missing from it would work from the
+    checkout and be absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((CONF.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(CONF.parent).parts) for p in (CONF.parent / "sft").rglob("__init__.py")}
+    assert found | {"sft.conf"} == listed
