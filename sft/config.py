@@ -1,4 +1,4 @@
-"""Typed config schemas. YAML under conf/ holds values only; these dataclasses say what each value means.
+"""Typed config schemas: every setting's meaning and default. YAML under conf/ holds only what differs from them.
 
 Hydra composes YAML onto these schemas, so an unknown key or a wrong type fails at start-up with the key
 named. Value checks that types cannot express (ranges, closed choices, combinations) live in `problems()`
@@ -23,10 +23,10 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
     return [] if value in allowed else [f"{key}={value!r}: must be one of {', '.join(allowed)}"]
 
 
-def _at_least(node: Any, key: str, low: int, names: tuple[str, ...]) -> list[str]:
-    """`{key}.{name}=...: must be at least {low}` for each of names below low ("must be >= 0" for low 0)."""
+def _at_least(node: Any, prefix: str, low: int, names: tuple[str, ...]) -> list[str]:
+    """`{prefix}{name}=...: must be at least {low}` for each of names below low ("must be >= 0" for low 0)."""
     rule = "must be >= 0" if low == 0 else f"must be at least {low}"
-    return [f"{key}.{n}={getattr(node, n)}: {rule}" for n in names if getattr(node, n) < low]
+    return [f"{prefix}{n}={getattr(node, n)}: {rule}" for n in names if getattr(node, n) < low]
 
 
 @dataclass
@@ -151,7 +151,7 @@ class TrainConfig:
     eval_at_start: bool = True  # evaluate before the first step, so the run records the eval loss before training
 
     def problems(self, key: str) -> list[str]:
-        out = _at_least(self, key, 1, ("micro_batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"))
+        out = _at_least(self, f"{key}.", 1, ("micro_batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"))
         if self.lr <= 0:
             out.append(f"{key}.lr={self.lr}: must be positive")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -194,8 +194,8 @@ class GenerationConfig:
             out.append(f"{key}.top_p={self.top_p}: must be in (0, 1]")
         if not 0.0 <= self.min_p < 1.0:
             out.append(f"{key}.min_p={self.min_p}: must be in [0, 1)")
-        out += _at_least(self, key, 0, ("top_k", "no_repeat_ngram_size", "min_new_tokens"))
-        out += _at_least(self, key, 1, ("num_beams", "max_new_tokens", "num_return_sequences", "batch_size"))
+        out += _at_least(self, f"{key}.", 0, ("top_k", "no_repeat_ngram_size", "min_new_tokens"))
+        out += _at_least(self, f"{key}.", 1, ("num_beams", "max_new_tokens", "num_return_sequences", "batch_size"))
         if self.repetition_penalty <= 0:
             out.append(f"{key}.repetition_penalty={self.repetition_penalty}: must be positive")
         if self.num_beams > 1 and self.logprobs:
@@ -273,10 +273,7 @@ class EvalRunConfig(GenerateRunConfig):
     generate: bool = True  # false: only loss and perplexity (no generation, no text metrics)
 
     def problems(self, key: str) -> list[str]:
-        out = super().problems(key)
-        if self.loss_batch_size < 1:
-            out.append(f"{key}loss_batch_size={self.loss_batch_size}: must be at least 1")
-        return out
+        return super().problems(key) + _at_least(self, key, 1, ("loss_batch_size",))
 
 
 def resource_path(name: str) -> str:
@@ -291,10 +288,9 @@ def demo_eval_path(path: str | None) -> str | None:
 
 
 def register_configs() -> None:
-    if not OmegaConf.has_resolver("sft_resource"):
-        OmegaConf.register_new_resolver("sft_resource", resource_path)
-    if not OmegaConf.has_resolver("sft_demo_eval"):
-        OmegaConf.register_new_resolver("sft_demo_eval", demo_eval_path)
+    for name, resolver in (("sft_resource", resource_path), ("sft_demo_eval", demo_eval_path)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
     schemas = {"prepare": PrepareRunConfig, "train": TrainRunConfig, "merge": MergeRunConfig,
                "generate": GenerateRunConfig, "eval": EvalRunConfig}
     for command, schema in schemas.items():
