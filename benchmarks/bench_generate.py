@@ -81,7 +81,7 @@ def main() -> None:
     path = resolve_model_path(ModelConfig())
     tok = load_tokenizer(ModelConfig(), path=path)
     model = load_model(ModelConfig(dtype=args.dtype), QuantConfig(name="none"), device=args.device, path=path).eval()
-    records = load_records(args.data, DataConfig(path=args.data, max_records=args.n, on_bad_record="skip")).records
+    records = load_records(args.data, DataConfig(path=args.data, on_bad_record="skip"), limit=args.n).records
     greedy = GenerationConfig(max_new_tokens=args.max_new_tokens)
     items = build_items(records, PromptConfig(), tok, greedy, 4096, "truncate", args.data)
     items.sort(key=lambda it: (-len(it.ids), it.key))  # as sft-generate plans its batches, for all three

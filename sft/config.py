@@ -59,7 +59,7 @@ class DataConfig:
     messages_field: str = "messages"
     eval_path: str | None = None  # held-out file; takes precedence over eval_fraction
     eval_fraction: float = 0.0  # fraction of records held out (seeded), 0 = none
-    max_records: int | None = None  # read at most this many records (after validation), for quick runs
+    max_records: int | None = None  # at most this many good records per split (cut after the split), for quick runs
     max_seq_len: int = 1024  # tokens per example (padded) or per packed row
     truncation: str = "truncate_source"  # too-long examples: drop | truncate_source (cut the prompt from the left)
     packing: bool = False  # best-fit-decreasing packing of whole examples into rows of max_seq_len tokens

@@ -8,9 +8,9 @@ report; with error the first one stops the run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, TypedDict
@@ -161,9 +161,10 @@ def _messages(row: dict, where: str, name: str, answers: bool = True) -> list[di
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
-def load_records(path: str, cfg: DataConfig, answers: bool = True) -> LoadResult:
-    """Validated records of a file or Hub dataset. answers=False: prompts only (sft-generate), so a record
-    without an output (or a chat without an assistant turn) is valid; one that has it keeps it as reference."""
+def load_records(path: str, cfg: DataConfig, answers: bool = True, limit: int | None = None) -> LoadResult:
+    """Validated records of a file or Hub dataset, the first `limit` good ones when given. answers=False: prompts
+    only (sft-generate), so a record without an output (or a chat without an assistant turn) is valid; one that
+    has it keeps it as reference."""
     result = LoadResult(records=[], source=path)
     for index, (where, row) in enumerate(_raw_rows(path, cfg)):
         try:
@@ -174,7 +175,7 @@ def load_records(path: str, cfg: DataConfig, answers: bool = True) -> LoadResult
             result.bad += 1
             if len(result.bad_examples) < 5:
                 result.bad_examples.append(str(e))
-        if cfg.max_records is not None and len(result.records) >= cfg.max_records:
+        if limit is not None and len(result.records) >= limit:
             break
     if not result.records:
         detail = f" ({result.bad} bad records skipped)" if result.bad else ""
@@ -182,12 +183,25 @@ def load_records(path: str, cfg: DataConfig, answers: bool = True) -> LoadResult
     return result
 
 
+def held_out_draw(record: Record, seed: int) -> float:
+    """A number in [0, 1) fixed by the seed and the record's content (its position and other records play no
+    part): the record is held out when it is below the fraction."""
+    content = json.dumps({k: v for k, v in record.items() if k != "id"}, sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(f"{seed}|{content}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split_records(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Seeded held-out split: (train, eval). At least one record stays on each side."""
-    if fraction <= 0:
+    """Seeded held-out split: (train, eval). Each record's side is decided by held_out_draw alone, so cutting
+    the file short (max_records is applied after the split) or appending to it moves no record to the other
+    side, and identical records always land on the same side. The held-out share is `fraction` on average, not
+    exactly; at least one record stays on each side."""
+    if fraction <= 0 or len(records) < 2:
         return records, []
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(max(1, round(len(records) * fraction)), len(records) - 1)
-    held = set(order[:n_eval])
+    draws = [held_out_draw(r, seed) for r in records]
+    held = {i for i, u in enumerate(draws) if u < fraction}
+    if not held:
+        held = {min(range(len(draws)), key=draws.__getitem__)}
+    if len(held) == len(records):
+        held.discard(max(range(len(draws)), key=draws.__getitem__))
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]

@@ -33,18 +33,21 @@ class Prepared:
 
 
 def load_splits(data: DataConfig, seed: int) -> tuple[dict[str, list[Record]], dict[str, Any]]:
-    """Validated records per split, and what loading them found (for the report)."""
-    main = load_records(data.path, data)
+    """Validated records per split, and what loading them found (for the report). data.max_records cuts each
+    split after the split is made, so the records held out do not depend on it."""
+    limit = data.max_records
+    split_here = not data.eval_path and data.eval_fraction > 0
+    main = load_records(data.path, data, limit=None if split_here else limit)
     found: dict[str, Any] = {"records_read": len(main.records) + main.bad, "bad_records": main.bad}
     if data.eval_path:
-        held = load_records(data.eval_path, data)
+        held = load_records(data.eval_path, data, limit=limit)
         found["records_read"] += len(held.records) + held.bad
         found["bad_records"] += held.bad
         splits = {"train": main.records, "eval": held.records}
         bad_examples = main.bad_examples + held.bad_examples
     else:
         train, held_out = split_records(main.records, data.eval_fraction, seed)
-        splits = {"train": train, "eval": held_out}
+        splits = {"train": train[:limit], "eval": held_out[:limit]}
         bad_examples = main.bad_examples
     found["bad_examples"] = bad_examples[:5]
     return {k: v for k, v in splits.items() if v}, found
@@ -66,8 +69,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 # Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
-# contains "{input}" is kept as written; 3: \n, \t, \r, \\ in custom templates read as escapes).
-ROWS_FORMAT = 3
+# contains "{input}" is kept as written; 3: \n, \t, \r, \\ in custom templates read as escapes; 4: the held-out
+# split decided per record from its content, max_records applied after it).
+ROWS_FORMAT = 4
 
 
 def cache_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:

@@ -18,6 +18,7 @@ from sft.data.load import Record, is_local, load_records
 from sft.errors import ConfigError, DataError
 from sft.generate.items import Item, build_items
 from sft.model.load import load_model, load_tokenizer, model_name, resolve_model_path
+from sft.model.lora import keep_one_cpu_kernel
 from sft.run.adapter import AdapterSource, find_adapter
 
 
@@ -59,7 +60,7 @@ def resolve_setup(cfg: GenerateRunConfig, given_data_keys: set[str] | None, item
 def select_records(data: DataConfig, split: str, seed: int) -> list[Record]:
     """`all`: every record of data.path; `train`/`eval`: that side of the held-out split, as training made it."""
     if split == "all":
-        return load_records(data.path, data, answers=False).records  # outputs, when present, are references
+        return load_records(data.path, data, answers=False, limit=data.max_records).records  # outputs are references
     from sft.data.prepare import load_splits
 
     splits, _ = load_splits(data, seed)
@@ -148,6 +149,7 @@ def data_for(source: AdapterSource | None, data: DataConfig, split: str, given: 
 def load_for_inference(setup: GenerationSetup, quant: QuantConfig) -> Any:
     """Base (optionally 4/8-bit) in eval mode, with the adapter attached when there is one."""
     model = load_model(setup.model, quant, path=setup.model_path)
+    keep_one_cpu_kernel(model)  # the numerics training evaluated with: sft-eval's loss is the run's eval_loss
     if setup.source is not None:
         from peft import PeftModel
 

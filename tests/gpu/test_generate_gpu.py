@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gpu
 def test_greedy_equals_model_generate_in_bf16(smollm2_dir, smollm2_tokenizer) -> None:
     tok = smollm2_tokenizer
     model = load_model(ModelConfig(dtype="bfloat16"), QuantConfig(name="none"), device="cuda", path=smollm2_dir).eval()
-    records = load_records(resource_path("demo_eval.jsonl"), DataConfig(path="x", max_records=16)).records
+    records = load_records(resource_path("demo_eval.jsonl"), DataConfig(path="x"), limit=16).records
     gen = GenerationConfig(max_new_tokens=24)
     items = build_items(records, PromptConfig(), tok, gen, 2048, "error", "demo")
     ours = {it.key: d.tokens for it, d in decode_batch(model, items, gen, stopping_for(tok, model, PromptConfig(), gen), tok.pad_token_id)}

@@ -58,6 +58,9 @@ def test_reference_loss_is_the_mean_over_answer_tokens(tmp_path) -> None:
     assert got["tokens"] == count == sum(len(r["output"]) + 1 for r in RECORDS)  # answer chars + EOS
     assert got["loss"] == pytest.approx(total / count, rel=1e-5)
     assert got["perplexity"] == pytest.approx(math.exp(got["loss"]))
+    # data.train_on_source: the prompt is trained, so it is scored too, as training scores it
+    whole = reference_loss(model, tok, records, PromptConfig(), DataConfig(path="x", max_seq_len=256, train_on_source=True), 4)
+    assert whole["tokens"] == sum(len(ex["input_ids"]) - 1 for ex in examples)
 
 
 def test_base_vs_run_table_on_a_tiny_model(tmp_path) -> None:

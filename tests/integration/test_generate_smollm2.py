@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def setup(smollm2_dir: str, smollm2_tokenizer):
     model = load_model(ModelConfig(), QuantConfig(name="none"), device="cpu", path=smollm2_dir).eval()
-    records = load_records(resource_path("demo_eval.jsonl"), DataConfig(path="x", max_records=N)).records
+    records = load_records(resource_path("demo_eval.jsonl"), DataConfig(path="x"), limit=N).records
     return model, smollm2_tokenizer, records
 
 

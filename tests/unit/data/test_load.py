@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import write_jsonl
 
 from sft.config import DataConfig
 from sft.data.load import load_records, split_records
@@ -94,12 +95,40 @@ def test_skip_counts_bad_records_and_keeps_the_first_problems(tmp_path):
 
 
 def test_split_is_seeded_and_disjoint():
-    records = [{"id": i, "instruction": "x", "input": "", "output": "y"} for i in range(20)]
+    records = [{"id": i, "instruction": f"x {i}", "input": "", "output": "y"} for i in range(200)]
     train, held = split_records(records, 0.25, seed=3)
-    assert len(held) == 5 and len(train) == 15
+    assert 30 <= len(held) <= 70 and len(train) + len(held) == 200  # a quarter on average, not exactly
     assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
     assert split_records(records, 0.25, seed=3) == (train, held)
     assert split_records(records, 0.25, seed=4)[1] != held
+
+
+def test_a_records_side_does_not_depend_on_the_others():
+    """Cutting the file short or appending to it moves no record across the split; duplicates stay together."""
+    records = [{"id": i, "instruction": f"q {i}", "input": "", "output": f"a {i}"} for i in range(100)]
+    held = {r["instruction"] for r in split_records(records, 0.2, seed=0)[1]}
+    more = records + [{"id": 100 + i, "instruction": f"new {i}", "input": "", "output": "n"} for i in range(50)]
+    assert {r["instruction"] for r in split_records(more, 0.2, seed=0)[1]} & {r["instruction"] for r in records} == held
+    first = records[:30]
+    assert {r["instruction"] for r in split_records(first, 0.2, seed=0)[1]} == held & {r["instruction"] for r in first}
+    twice = records + [{**r, "id": 100 + r["id"]} for r in records]  # the same content under other positions
+    train, held_twice = split_records(twice, 0.2, seed=0)
+    assert {r["instruction"] for r in held_twice}.isdisjoint(r["instruction"] for r in train)
+
+
+def test_max_records_cuts_each_split_after_it_is_made(tmp_path):
+    from sft.data.prepare import load_splits
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"q {i}", "output": f"a {i}"} for i in range(100)])
+    full = load_splits(DataConfig(path=str(path), eval_fraction=0.2), seed=0)[0]
+    cut = load_splits(DataConfig(path=str(path), eval_fraction=0.2, max_records=5), seed=0)[0]
+    assert cut["eval"] == full["eval"][:5] and cut["train"] == full["train"][:5]
+
+
+def test_a_tiny_file_keeps_one_record_on_each_side():
+    two = [{"id": i, "instruction": f"x {i}", "input": "", "output": "y"} for i in range(2)]
+    assert [len(side) for side in split_records(two, 0.01, seed=0)] == [1, 1]
+    assert [len(side) for side in split_records(two, 0.99, seed=0)] == [1, 1]
 
 
 @pytest.mark.parametrize(
