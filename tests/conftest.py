@@ -109,15 +109,18 @@ def one_torch_thread() -> Any:
 
 
 def write_run_config(run_dir: Path, model_path: str | None, data: dict[str, Any], prompt: dict[str, Any] | None = None,
-                     seed: int = 0) -> Path:
-    """config.yaml of a training run, written by RunDir as sft-train writes it (the full resolved config), for
-    tests that save the run's adapter themselves."""
+                     seed: int = 0, tokenizer: Any = None) -> Path:
+    """config.yaml of a training run (and its tokenizer/, when given), written by RunDir as sft-train writes them
+    (the full resolved config), for tests that save the run's adapter themselves."""
     from sft.config import DataConfig, LoraConfig, ModelConfig, PromptConfig, TrainRunConfig
     from sft.run.rundir import RunDir, run_config
 
     cfg = TrainRunConfig(model=ModelConfig(path=model_path), data=DataConfig(**data), prompt=PromptConfig(**(prompt or {})),
                          lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), out_dir=str(run_dir), seed=seed)
-    RunDir(run_dir).write_config(run_config(cfg))
+    if tokenizer is None:
+        RunDir(run_dir).write_config(run_config(cfg))
+    else:
+        RunDir(run_dir).begin(run_config(cfg), {}, tokenizer)
     return run_dir
 
 

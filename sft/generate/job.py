@@ -29,6 +29,7 @@ from sft.generate.sampling import is_greedy
 from sft.generate.setup import load_for_inference, resolve_setup
 from sft.io import write_json_atomic, write_rows_atomic
 from sft.model.load import model_name
+from sft.model.quant import device_name, pick_device, weights_dtype
 from sft.run.adapter import AdapterSource, adapter_hash
 
 
@@ -86,10 +87,13 @@ def generate_rows(model: Any, tokenizer: Any, items: list[Item], gen: Generation
 
 
 def identity(model_cfg: ModelConfig, quant: QuantConfig, source: AdapterSource | None, prompt: PromptConfig, gen: GenerationConfig, items: list[Item]) -> dict[str, Any]:
-    """Everything a row depends on; a rerun into the same out_dir must match it."""
+    """Everything a row depends on; a rerun into the same out_dir must match it. dtype and device are the resolved
+    ones (not auto): a file begun in bf16 on a GPU is not finished in fp32 on a CPU."""
     inputs = hashlib.sha256(json.dumps([[it.key, it.ids] for it in items]).encode()).hexdigest()
     adapter = None if source is None else {"path": str(source.path), "sha256": adapter_hash(source.path)}
-    return {"model": model_name(model_cfg), "revision": model_cfg.revision, "dtype": model_cfg.dtype,
+    device = pick_device()
+    dtype = str(weights_dtype(model_cfg.dtype, quant, device)).removeprefix("torch.")
+    return {"model": model_name(model_cfg), "revision": model_cfg.revision, "dtype": dtype, "device": device_name(device),
             "quant": quant.name if quant.name == "none" else dataclasses.asdict(quant), "adapter": adapter,
             "template": dataclasses.asdict(prompt), "generation": dataclasses.asdict(gen), "inputs_sha256": inputs}
 

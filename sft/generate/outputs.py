@@ -24,7 +24,9 @@ from sft.io import differing_keys
 ROWS = "generations.jsonl"
 SIDECAR = "generation_config.json"
 ALPACA_EVAL = "alpaca_eval.json"
-UNCHECKED = ("generation.batch_size",)  # settings that never change a row: a rerun may use another value
+# Settings that change no row in float32 (texts are the same at any batch size): a rerun may use another value.
+# In bf16 and fp16 the batch's shape changes the rounding of batched matmuls, so there it must match too.
+UNCHECKED = ("generation.batch_size",)
 
 
 class Row(TypedDict, total=False):
@@ -69,7 +71,7 @@ def check_resumable(out_dir: Path, identity: dict[str, Any]) -> bool:
         old = json.loads(sidecar.read_text())["identity"]
     except (OSError, json.JSONDecodeError, KeyError):
         raise ConfigError(f"out_dir={out_dir}: unreadable {SIDECAR}; choose a new out_dir") from None
-    keys = differing_keys(old, identity, ignore=UNCHECKED)
+    keys = differing_keys(old, identity, ignore=UNCHECKED if identity.get("dtype") == "float32" else ())
     if keys:
         raise ConfigError(f"out_dir={out_dir} holds a run with other settings ({', '.join(keys)}); choose a new out_dir")
     return True

@@ -48,13 +48,20 @@ def resolve_setup(cfg: GenerateRunConfig, given_data_keys: set[str] | None, item
     model = base_for(source, cfg.model)
     prompt = prompt_for(source, cfg.prompt)
     path = resolve_model_path(model)
-    tokenizer = load_tokenizer(model, path=path)
+    tokenizer = load_tokenizer(model, path=tokenizer_dir(source) or path)
     tokenizer.padding_side = "left"
     seed = source.run.seed(cfg.seed) if source and source.run else cfg.seed
     records = select_records(data, cfg.split, seed)
     limit = context_limit(path, model, cfg.generation, cfg.max_prompt_tokens)
     built = build_items(records, prompt, tokenizer, cfg.generation, limit, cfg.long_prompt, data.path) if items else []
     return GenerationSetup(source, model, path, prompt, tokenizer, data, seed, records, built)
+
+
+def tokenizer_dir(source: AdapterSource | None) -> str | None:
+    """The tokenizer the run was trained with (its chat template included), saved in its run directory: an update
+    of the base's tokenizer on the Hub must not change the prompts of an old run."""
+    saved = source.run.tokenizer if source and source.run else None
+    return str(saved) if saved is not None and saved.is_dir() else None
 
 
 def select_records(data: DataConfig, split: str, seed: int) -> list[Record]:

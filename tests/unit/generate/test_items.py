@@ -56,13 +56,13 @@ def test_torn_last_line_is_dropped_and_removed(tmp_path) -> None:
 
 
 def test_a_rerun_with_other_settings_names_them_but_batch_size_may_change(tmp_path) -> None:
-    ident = {"model": "m", "generation": {"seed": 1, "top_p": 0.9, "batch_size": 8}}
+    ident = {"model": "m", "dtype": "float32", "generation": {"seed": 1, "top_p": 0.9, "batch_size": 8}}
     assert not check_resumable(tmp_path, ident)
     write_json_atomic(tmp_path / "generation_config.json", {"identity": ident})
     assert check_resumable(tmp_path, {**ident, "generation": {**ident["generation"], "batch_size": 2}})
-    assert differing_keys(ident, {"model": "n", "generation": {"seed": 2, "top_p": 0.9, "batch_size": 8}}, UNCHECKED) == ["generation.seed", "model"]
+    assert differing_keys(ident, {"model": "n", "dtype": "float32", "generation": {"seed": 2, "top_p": 0.9, "batch_size": 8}}, UNCHECKED) == ["generation.seed", "model"]
     with pytest.raises(ConfigError, match="generation.seed"):
-        check_resumable(tmp_path, {"model": "m", "generation": {"seed": 2, "top_p": 0.9, "batch_size": 8}})
+        check_resumable(tmp_path, {"model": "m", "dtype": "float32", "generation": {"seed": 2, "top_p": 0.9, "batch_size": 8}})
 
 
 def test_alpaca_eval_export_joins_input_and_keeps_sample_zero() -> None:
@@ -111,3 +111,29 @@ def test_stop_strings_from_the_command_line_read_newline_tab_and_backslash_escap
     assert unescape("\\n\\n") == "\n\n" and unescape("###\\t") == "###\t"
     assert unescape("a\\\\nb") == "a\\nb"  # an escaped backslash stays a backslash, followed by n
     assert unescape("\n") == "\n" and unescape("plain") == "plain"
+
+
+def test_the_identity_holds_the_resolved_dtype_and_device() -> None:
+    from sft.config import ModelConfig, QuantConfig
+    from sft.generate.job import identity
+
+    ident = identity(ModelConfig(), QuantConfig(name="none"), None, PromptConfig(), GenerationConfig(), [])
+    assert (ident["dtype"], ident["device"]) == ("float32", "cpu")  # model.dtype=auto on a CPU
+    assert identity(ModelConfig(dtype="bfloat16"), QuantConfig(name="none"), None, PromptConfig(), GenerationConfig(), [])["dtype"] == "bfloat16"
+
+
+def test_outside_float32_the_batch_size_is_part_of_the_run(tmp_path) -> None:
+    """bf16 texts depend on the batch's shape: a file begun at one batch size is not finished at another."""
+    for dtype, resumable in (("float32", True), ("bfloat16", False)):
+        ident = {"model": "m", "dtype": dtype, "device": "cpu", "generation": {"seed": 1, "batch_size": 8}}
+        out = tmp_path / dtype
+        out.mkdir()
+        write_json_atomic(out / "generation_config.json", {"identity": ident})
+        other = {**ident, "generation": {"seed": 1, "batch_size": 2}}
+        if resumable:
+            assert check_resumable(out, other)
+        else:
+            with pytest.raises(ConfigError, match="generation.batch_size"):
+                check_resumable(out, other)
+    with pytest.raises(ConfigError, match="device"):  # begun on a GPU, not finished on a CPU
+        check_resumable(tmp_path / "float32", {**ident, "dtype": "float32", "device": "cuda:NVIDIA H200"})
