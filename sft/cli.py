@@ -46,7 +46,7 @@ def typed(cfg: DictConfig) -> Any:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"{key}: {e.msg if hasattr(e, 'msg') else e}" if key else str(e)) from None
+        raise ConfigError(f"{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}" if key else str(e)) from None
     validate(obj)
     return obj
 
@@ -112,6 +112,13 @@ def eval_main(cfg: DictConfig) -> None:
     run_command(lambda typed_cfg: evaluate.run(typed_cfg, data_keys_set_by_user()), cfg)
 
 
+@hydra.main(config_path=CONFIG_PATH, config_name="bench", version_base="1.3")
+def bench_main(cfg: DictConfig) -> None:
+    from sft.evaluate import benchmarks
+
+    run_command(benchmarks.run, cfg)
+
+
 def console(main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point (`sft-<command>`, `python -m sft <command>`): choose the C allocator first
     (sft.allocator: restarts the process once under jemalloc when the system has it), then run Hydra."""
@@ -131,5 +138,6 @@ def console(main: Callable[[], Any]) -> Callable[[], None]:
 
 
 COMMANDS = {"prepare": console(prepare_main), "train": console(train_main), "merge": console(merge_main),
-            "generate": console(generate_main), "eval": console(eval_main)}
-prepare, train, merge, generate, evaluate = (COMMANDS[c] for c in ("prepare", "train", "merge", "generate", "eval"))
+            "generate": console(generate_main), "eval": console(eval_main), "bench": console(bench_main)}
+prepare, train, merge, generate, evaluate, bench = (
+    COMMANDS[c] for c in ("prepare", "train", "merge", "generate", "eval", "bench"))

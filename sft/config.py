@@ -15,7 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from sft.schemas import (  # noqa: F401 -- re-exported: sft.config is where the stages import their settings from
-    DataConfig, GenerationConfig, LoraConfig, ModelConfig, PromptConfig, QuantConfig, TrainConfig, at_least, one_of,
+    BenchmarkConfig, DataConfig, GenerationConfig, LoraConfig, ModelConfig, PromptConfig, QuantConfig, TrainConfig,
+    at_least, one_of,
 )
 
 
@@ -84,6 +85,17 @@ class EvalRunConfig(GenerateRunConfig):
         return super().problems(key) + at_least(self, key, 1, ("loss_batch_size",))
 
 
+@dataclass
+class BenchRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=lambda: QuantConfig(name="none"))
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    adapter: str | None = None  # adapter dir or training run dir (its config.yaml fixes the base, tokenizer/ the tokenizer)
+    compare_base: bool = True  # with an adapter, also score the base alone: the "before" column of the table
+    out_dir: str = MISSING  # benchmarks.json, benchmarks.md, samples/
+    debug: bool = False
+
+
 def resource_path(name: str) -> str:
     """Absolute path of a file bundled with the package (the demo data): `${sft_resource:demo_train.jsonl}`."""
     return str(Path(__file__).parent / "resources" / name)
@@ -100,6 +112,6 @@ def register_configs() -> None:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
     schemas = {"prepare": PrepareRunConfig, "train": TrainRunConfig, "merge": MergeRunConfig,
-               "generate": GenerateRunConfig, "eval": EvalRunConfig}
+               "generate": GenerateRunConfig, "eval": EvalRunConfig, "bench": BenchRunConfig}
     for command, schema in schemas.items():
         ConfigStore.instance().store(name=f"base_{command}", node=schema)

@@ -204,3 +204,25 @@ class GenerationConfig:
         if any(not s for s in self.stop):
             out.append(f"{key}.stop: stop strings must not be empty")
         return out
+
+
+@dataclass
+class BenchmarkConfig:
+    # required: lm-evaluation-harness task or group names, e.g. [arc_easy, gsm8k, mmlu]; with include_path, yours
+    tasks: list[str] = MISSING  # type: ignore[assignment]
+    include_path: str | None = None  # a directory of your own task YAML files (lm-eval's --include_path)
+    num_fewshot: int | None = None  # examples shown before each question; null = each task's own default
+    limit: int | None = None  # at most N examples per task: a quick check, not a score to report
+    batch_size: int = 8  # requests per forward pass (log-likelihoods) or per generate call
+    apply_chat_template: bool = False  # render each request with the tokenizer's chat template (the run's own)
+    log_samples: bool = False  # also write every example's prompt, answer and score: samples/<model>/<task>.jsonl
+    seed: int = 0  # lm-eval's python, numpy, torch and few-shot sampling seeds
+
+    def problems(self, key: str) -> list[str]:
+        out = [] if self.tasks else [f"{key}.tasks: give at least one task, e.g. {key}.tasks=[arc_easy]"]
+        out += at_least(self, f"{key}.", 1, ("batch_size",))
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            out.append(f"{key}.num_fewshot={self.num_fewshot}: must be >= 0 or null")
+        if self.limit is not None and self.limit < 1:
+            out.append(f"{key}.limit={self.limit}: must be positive or null")
+        return out

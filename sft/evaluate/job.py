@@ -19,7 +19,7 @@ from sft.config import DataConfig, EvalRunConfig
 from sft.errors import DataError
 from sft.evaluate.metrics import score_rows
 from sft.evaluate.reference import reference_loss
-from sft.evaluate.report import markdown_table
+from sft.evaluate.report import markdown_table, variants
 from sft.generate.items import describe
 from sft.generate.job import generate_into, identity
 from sft.generate.outputs import check_resumable
@@ -27,12 +27,6 @@ from sft.generate.setup import GenerationSetup, load_for_inference, resolve_setu
 from sft.io import write_json_atomic, write_text_atomic
 from sft.model.load import model_name
 from sft.run.adapter import AdapterSource
-
-
-def variants(cfg: EvalRunConfig, source: AdapterSource | None) -> list[tuple[str, AdapterSource | None]]:
-    if source is None:
-        return [("base", None)]
-    return ([("base", None)] if cfg.compare_base else []) + [("adapter", source)]
 
 
 def evaluate_variant(cfg: EvalRunConfig, name: str, src: AdapterSource | None, model: Any, setup: GenerationSetup,
@@ -68,12 +62,12 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
         raise DataError(f"{setup.data.path}: record {missing['id']}: field {cfg.data.output_field!r}: missing "
                         "(sft-eval compares against references; sft-generate takes prompts alone)")
     idents = {name: identity(setup.model, cfg.quant, src, setup.prompt, cfg.generation, setup.items)
-              for name, src in variants(cfg, setup.source)}
+              for name, src in variants(cfg.compare_base, setup.source)}
     if cfg.generate:
         for name in idents:  # a wrong out_dir fails before the model loads
             check_resumable(Path(cfg.out_dir) / name, idents[name])
     model = load_for_inference(setup, cfg.quant)
-    results = {name: evaluate_variant(cfg, name, src, model, setup, idents[name]) for name, src in variants(cfg, setup.source)}
+    results = {name: evaluate_variant(cfg, name, src, model, setup, idents[name]) for name, src in variants(cfg.compare_base, setup.source)}
     table = markdown_table(results)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

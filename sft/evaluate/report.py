@@ -1,8 +1,10 @@
-"""The before/after table of sft-eval, as markdown."""
+"""The before/after tables of sft-eval and sft-bench: which models they compare, and the table as markdown."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from sft.run.adapter import AdapterSource
 
 METRICS = ("exact_match", "token_f1", "rouge_l", "loss", "perplexity")
 
@@ -20,3 +22,10 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
             cells.append("-" if None in values else f"{values[1] - values[0]:+.4f}")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def variants(compare_base: bool, source: AdapterSource | None) -> list[tuple[str, AdapterSource | None]]:
+    """The models of a before/after table: (column name, adapter or None for the base)."""
+    if source is None:
+        return [("base", None)]
+    return ([("base", None)] if compare_base else []) + [("adapter", source)]

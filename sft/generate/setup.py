@@ -23,16 +23,11 @@ from sft.run.adapter import AdapterSource, find_adapter
 
 
 @dataclass
-class GenerationSetup:
+class ModelSetup:
     source: AdapterSource | None  # the adapter, or None for the base alone
     model: ModelConfig  # the base: the run's own when there is a run
     model_path: str  # what from_pretrained reads
-    prompt: PromptConfig  # the training run's template, else the configured one
-    tokenizer: Any  # padding on the left
-    data: DataConfig  # the data settings the records were selected with
-    seed: int  # the seed of the held-out split
-    records: list[Record]
-    items: list[Item]  # one per (record, sample), prompts tokenized and fitted to the context
+    tokenizer: Any  # the run's own (tokenizer/) when there is one; padding on the left
 
     @property
     def name(self) -> str:
@@ -40,21 +35,37 @@ class GenerationSetup:
         return model_name(self.model) + (f"+{self.source.where}" if self.source else "")
 
 
+@dataclass
+class GenerationSetup(ModelSetup):
+    prompt: PromptConfig  # the training run's template, else the configured one
+    data: DataConfig  # the data settings the records were selected with
+    seed: int  # the seed of the held-out split
+    records: list[Record]
+    items: list[Item]  # one per (record, sample), prompts tokenized and fitted to the context
+
+
+def resolve_model(adapter: str | None, model: ModelConfig) -> ModelSetup:
+    """The adapter, the base it was trained on (a contradicting model.path is refused) and the tokenizer."""
+    source = find_adapter(adapter) if adapter else None
+    base = base_for(source, model)
+    path = resolve_model_path(base)
+    tokenizer = load_tokenizer(base, path=tokenizer_dir(source) or path)
+    tokenizer.padding_side = "left"
+    return ModelSetup(source, base, path, tokenizer)
+
+
 def resolve_setup(cfg: GenerateRunConfig, given_data_keys: set[str] | None, items: bool = True) -> GenerationSetup:
     """given_data_keys: the data.* keys the command line set ("path" also for a data group), or None to take
     cfg.data as given whole (a config built in Python). items=False: no prompts are built."""
-    source = find_adapter(cfg.adapter) if cfg.adapter else None
+    found = resolve_model(cfg.adapter, cfg.model)
+    source = found.source
     data = data_for(source, cfg.data, cfg.split, given_data_keys)
-    model = base_for(source, cfg.model)
     prompt = prompt_for(source, cfg.prompt)
-    path = resolve_model_path(model)
-    tokenizer = load_tokenizer(model, path=tokenizer_dir(source) or path)
-    tokenizer.padding_side = "left"
     seed = source.run.seed(cfg.seed) if source and source.run else cfg.seed
     records = select_records(data, cfg.split, seed)
-    limit = context_limit(path, model, cfg.generation, cfg.max_prompt_tokens)
-    built = build_items(records, prompt, tokenizer, cfg.generation, limit, cfg.long_prompt, data.path) if items else []
-    return GenerationSetup(source, model, path, prompt, tokenizer, data, seed, records, built)
+    limit = context_limit(found.model_path, found.model, cfg.generation, cfg.max_prompt_tokens)
+    built = build_items(records, prompt, found.tokenizer, cfg.generation, limit, cfg.long_prompt, data.path) if items else []
+    return GenerationSetup(source, found.model, found.model_path, found.tokenizer, prompt, data, seed, records, built)
 
 
 def tokenizer_dir(source: AdapterSource | None) -> str | None:
@@ -153,7 +164,7 @@ def data_for(source: AdapterSource | None, data: DataConfig, split: str, given: 
     return ours
 
 
-def load_for_inference(setup: GenerationSetup, quant: QuantConfig) -> Any:
+def load_for_inference(setup: ModelSetup, quant: QuantConfig) -> Any:
     """Base (optionally 4/8-bit) in eval mode, with the adapter attached when there is one."""
     model = load_model(setup.model, quant, path=setup.model_path)
     keep_one_cpu_kernel(model)  # the numerics training evaluated with: sft-eval's loss is the run's eval_loss
