@@ -168,6 +168,7 @@ def load_for_inference(setup: ModelSetup, quant: QuantConfig) -> Any:
     """Base (optionally 4/8-bit) in eval mode, with the adapter attached when there is one."""
     model = load_model(setup.model, quant, path=setup.model_path)
     keep_one_cpu_kernel(model)  # the numerics training evaluated with: sft-eval's loss is the run's eval_loss
+    model.requires_grad_(False)  # nothing is trained here; a frozen head is what the trained-positions loss needs
     if setup.source is not None:
         from peft import PeftModel
 

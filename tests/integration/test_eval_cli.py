@@ -114,3 +114,14 @@ def test_documented_command_on_the_embedded_model(tmp_path, smollm2_dir) -> None
     assert report["eval_path"].endswith("demo_eval.jsonl")
     assert report["results"]["base"]["examples"] == 3 and report["results"]["adapter"]["tokens"] > 0
     assert table_lines(proc.stdout)[0] == "| metric | base | adapter | change |"
+
+
+def test_the_inference_model_takes_the_trained_positions_head(tiny_dir) -> None:
+    """A loaded model is frozen, so the references' loss runs the head on trained positions only, in chunks, and
+    never holds every position's logits (benchmarks/bench_eval_loss.py: 16.5 GB -> 0.6 GB at a 152k vocabulary)."""
+    from sft.config import ModelConfig, QuantConfig
+    from sft.generate.setup import load_for_inference, resolve_model
+    from sft.train.loss import causal_lm, plain_linear_head
+
+    model = load_for_inference(resolve_model(None, ModelConfig(path=str(tiny_dir))), QuantConfig(name="none"))
+    assert plain_linear_head(causal_lm(model)) is not None
