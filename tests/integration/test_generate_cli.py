@@ -196,7 +196,7 @@ def test_split_eval_of_a_run_directory_is_the_split_training_drew(tiny, tmp_path
     ok(mine)
     half = load_splits(DataConfig(**{**data, "eval_fraction": 0.5}), 7)[0]["eval"]
     assert sorted(r["instruction"] for r in rows(tmp_path / "h")) == sorted(r["instruction"] for r in half)
-    assert len(half) == 5
+    assert 2 <= len(half) <= 8 and len(half) != len(held_out)  # half of 10 on average: another split than 0.3
     # a run whose data file is not where its config.yaml says, seen from here: one message, nothing written
     lost = run_sft("generate", f"adapter={tiny['run']}", "split=eval", f"out_dir={tmp_path / 'm'}")
     assert lost.returncode == 1 and "Traceback" not in lost.stderr
