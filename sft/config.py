@@ -31,6 +31,17 @@ class PrepareRunConfig:
     cache: bool = True  # reuse processed data cached under the content hash of every input
     debug: bool = False  # show tracebacks for user errors too
 
+    def problems(self, key: str) -> list[str]:
+        return messages_need_chat(self.data, self.prompt)
+
+
+def messages_need_chat(data: DataConfig, prompt: PromptConfig) -> list[str]:
+    """Conversations are rendered by a chat template only: no silent switch from the template asked for."""
+    if data.format == "messages" and prompt.name != "chat":
+        return [f"data.format=messages needs prompt=chat (prompt.name={prompt.name!r} fills instruction/input "
+                "templates; conversations are rendered by the model's chat template)"]
+    return []
+
 
 @dataclass
 class TrainRunConfig(PrepareRunConfig):

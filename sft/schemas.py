@@ -7,6 +7,7 @@ closed choices, combinations) live in `problems()` methods, which return every p
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class DataConfig:
     input_field: str = "input"  # optional column: a missing or null input means "no input"
     output_field: str = "output"
     messages_field: str = "messages"
+    tools_field: str = "tools"  # messages format: an optional per-record list of tool schemas for the template
     eval_path: str | None = None  # held-out file; takes precedence over eval_fraction
     eval_fraction: float = 0.0  # fraction of records held out (seeded), 0 = none
     max_records: int | None = None  # at most this many good records per split (cut after the split), for quick runs
@@ -80,10 +82,21 @@ class PromptConfig:
     template_input: str | None = None  # custom: format string with {instruction} and {input}
     template_no_input: str | None = None  # custom: format string with {instruction}, used when input is empty
     system: str | None = None  # chat: system message; null keeps the template's own default
-    end_of_turn: str | None = None  # token that ends a trained turn; null = the tokenizer's EOS
+    # token that ends a trained turn; null = the one the chat template closes turns with (chat), else the EOS
+    end_of_turn: str | None = None
+    chat_template: str | None = None  # chat: a .jinja file or the template itself; null = the tokenizer's own
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # chat: passed to every render, e.g. enable_thinking
+    date: str = "2024-07-26"  # chat: "today" for templates that print the date (YYYY-MM-DD): prompts never change
+    train_on: str = "all_assistant"  # chat: all_assistant | last_assistant: which assistant turns are trained
+    train_reasoning: bool = True  # chat: train an assistant's reasoning_content too (false: it stays in the prompt)
 
     def problems(self, key: str) -> list[str]:
         out = one_of(f"{key}.name", self.name, ("alpaca", "chat", "custom"))
+        out += one_of(f"{key}.train_on", self.train_on, ("all_assistant", "last_assistant"))
+        try:
+            datetime.date.fromisoformat(self.date)
+        except ValueError:
+            out.append(f"{key}.date={self.date!r}: must be a date, YYYY-MM-DD")
         if self.name == "custom":
             for attr, needed in (("template_input", ("{instruction}", "{input}")), ("template_no_input", ("{instruction}",))):
                 text = getattr(self, attr)

@@ -27,14 +27,25 @@ def render_example(input_ids: list[int], labels: list[int], tokenizer: Any, colo
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    lines = [f"records read: {report['records_read']}  bad: {report['bad_records']}  template: {report['template']}"]
+    template = report.get("template_details", {})
+    named = f"{report['template']} (end of turn {template.get('end_of_turn')!r}" + (
+        f", chat template {template['chat_template_sha256']})" if "chat_template_sha256" in template else ")")
+    lines = [f"records read: {report['records_read']}  bad: {report['bad_records']}  template: {named}"]
     for name, s in report["splits"].items():
         dropped = ", ".join(f"{k}={v}" for k, v in s["dropped"].items()) or "none"
+        parts = ", ".join(f"{k} {v}" for k, v in s.get("trained_tokens_by_part", {}).items())
+        turns = ", ".join(f"{k}: {v}" for k, v in s.get("turns_trained", {}).items())
         lines.append(
             f"{name}: kept {s['kept']}/{s['examples']} (dropped: {dropped}; truncated {s['truncated']}), "
-            f"tokens {s['total_tokens']} of which trained {s['trained_tokens']}, "
-            f"boundary mismatches avoided {s['boundary_mismatches']}, "
-            f"EOS trained in every example: {'yes' if s['eos_trained']['ok'] else 'NO'}"
+            f"tokens {s['total_tokens']} of which trained {s['trained_tokens']} ({parts}); "
+            f"examples by trained turns {{{turns}}}"
+        )
+        lines.append(
+            f"{name} checks: end of turn trained in every example: {'yes' if s['eos_trained']['ok'] else 'NO'}; "
+            f"double BOS: {s.get('double_bos', 0)}; rows matching their text: "
+            f"{s['kept'] + s.get('dropped', {}).get('render_mismatch', 0) - s.get('render_mismatches', 0)}"
+            f"/{s['kept'] + s.get('dropped', {}).get('render_mismatch', 0)}; "
+            f"prompt/answer boundaries that one-string tokenization would merge (kept exact): {s['boundary_mismatches']}"
         )
         if "packing" in s:
             p = s["packing"]

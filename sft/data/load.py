@@ -19,7 +19,7 @@ from sft.config import DataConfig
 from sft.errors import DataError
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class Record(TypedDict, total=False):
@@ -27,7 +27,8 @@ class Record(TypedDict, total=False):
     instruction: str
     input: str
     output: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]  # tool schemas the chat template is given (messages format)
 
 
 @dataclass
@@ -136,7 +137,13 @@ def _record(index: int, row: Any, where: str, cfg: DataConfig, answers: bool = T
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
     if cfg.format == "messages":
-        return {"id": index, "messages": _messages(row, where, cfg.messages_field, answers)}
+        record: Record = {"id": index, "messages": _messages(row, where, cfg.messages_field, answers)}
+        tools = row.get(cfg.tools_field)
+        if tools is not None:
+            if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+                raise DataError(f"{where}: field {cfg.tools_field!r}: must be a list of tool schemas (objects)")
+            record["tools"] = tools
+        return record
     instruction = _text(row, cfg.instruction_field, where, required=True)
     output = _text(row, cfg.output_field, where, required=answers)
     if not instruction.strip():
@@ -149,16 +156,39 @@ def _record(index: int, row: Any, where: str, cfg: DataConfig, answers: bool = T
     return record
 
 
-def _messages(row: dict, where: str, name: str, answers: bool = True) -> list[dict[str, str]]:
+def _messages(row: dict, where: str, name: str, answers: bool = True) -> list[dict[str, Any]]:
+    """Messages: role system | user | assistant | tool, string content (an assistant's may be empty or absent
+    when it has tool_calls), an assistant's optional reasoning_content and tool_calls, a tool's optional name."""
     msgs = row.get(name)
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: field {name!r}: must be a non-empty list of {{role, content}}")
+    out = []
     for j, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: field {name!r}[{j}]: needs role in {ROLES} and string content")
-    if answers and not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+        here = f"{where}: field {name!r}[{j}]"
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise DataError(f"{here}: needs a role in {ROLES}")
+        message = {"role": m["role"], "content": m.get("content")}
+        calls = m.get("tool_calls")
+        if calls is not None:
+            if m["role"] != "assistant" or not isinstance(calls, list) or not all(_is_call(c) for c in calls):
+                raise DataError(f"{here}: tool_calls must be an assistant's list of {{function: {{name, arguments}}}}")
+            message["tool_calls"] = calls
+        if message["content"] is None and calls:
+            message["content"] = ""
+        if not isinstance(message["content"], str):
+            raise DataError(f"{here}: needs string content")
+        for key in ("reasoning_content", "name", "tool_call_id"):
+            if isinstance(m.get(key), str):
+                message[key] = m[key]
+        out.append(message)
+    if answers and not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in out):
         raise DataError(f"{where}: field {name!r}: no non-empty assistant message to train on")
-    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    return out
+
+
+def _is_call(call: Any) -> bool:
+    function = call.get("function", call) if isinstance(call, dict) else None
+    return isinstance(function, dict) and isinstance(function.get("name"), str)
 
 
 def load_records(path: str, cfg: DataConfig, answers: bool = True, limit: int | None = None) -> LoadResult:

@@ -18,7 +18,9 @@ import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
 from sft.data.load import Record, is_local, load_records, split_records
 from sft.data.packing import pack_examples, packing_stats
+from sft.data.chat import ChatError, chat_template
 from sft.data.prompts import build_segments, end_of_turn_token, render_prompt
+from sft.data.segments import Segment
 from sft.data.tokenize import TokenizeStats, tokenize_examples
 from sft.errors import DataError
 from sft.io import cache_root, publish_dir, write_json_atomic
@@ -99,10 +101,43 @@ def _split_report(stats: TokenizeStats, packed: dict[str, Any] | None) -> dict[s
         "trained_tokens": stats.trained_tokens,
         "boundary_mismatches": stats.boundary_mismatches,
         "eos_trained": {"ok": stats.eos_untrained == 0, "examples_without": stats.eos_untrained},
+        "double_bos": stats.double_bos,
+        "render_mismatches": len(stats.render_mismatched),
+        "render_unverified": stats.unverified,
+        "trained_tokens_by_part": dict(stats.trained_by_part),
+        "turns_trained": {str(k): v for k, v in sorted(stats.turns_trained.items())},
     }
     if packed is not None:
         report["packing"] = packed
     return report
+
+
+def template_report(prompt: PromptConfig, tokenizer: Any, eot: str) -> dict[str, Any]:
+    """What the report says of the template: its name, the end-of-turn token, and for chat the template's hash."""
+    out: dict[str, Any] = {"name": prompt.name, "end_of_turn": eot}
+    if prompt.name == "chat":
+        out["chat_template_sha256"] = hashlib.sha256(chat_template(prompt, tokenizer).encode()).hexdigest()[:16]
+    return out
+
+
+def segments_or_bad(records: list[Record], source: str, data: DataConfig, prompt: PromptConfig, tokenizer: Any,
+                    found: dict[str, Any]) -> tuple[list[Record], list[list[Segment]]]:
+    """The records' segments; a conversation its template cannot be cut into turns is a bad record."""
+    kept, segments = [], []
+    for record in records:
+        try:
+            segments.append(build_segments(record, prompt, tokenizer))
+            kept.append(record)
+        except ChatError as e:
+            bad_record(f"{source}: record {record['id']}: {e}", data, found)
+    return kept, segments
+
+
+def bad_record(problem: str, data: DataConfig, found: dict[str, Any]) -> None:
+    if data.on_bad_record == "error":
+        raise DataError(problem)
+    found["bad_records"] += 1
+    found["bad_examples"] = (found["bad_examples"] + [problem])[:5]
 
 
 def build(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> Prepared:
@@ -113,10 +148,14 @@ def build(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> 
     report: dict[str, Any] = {"source": data.path, "template": prompt.name, **found, "splits": {}}
     out = {}
     for name, records in splits.items():
-        segments = [build_segments(r, prompt, tokenizer) for r in records]
+        source = data.eval_path if name == "eval" and data.eval_path else data.path
+        records, segments = segments_or_bad(records, source, data, prompt, tokenizer, found)
         examples, _, stats = tokenize_examples(
             segments, tokenizer, eot, data.max_seq_len, data.truncation, data.train_on_source
         )
+        for k in stats.render_mismatched:
+            bad_record(f"{source}: record {records[k]['id']}: its tokens do not decode to the template's text "
+                       "(the tokenizer changes the text it is given)", data, found)
         packed = None
         if data.packing and examples:
             rows = pack_examples(examples, data.max_seq_len, seed)
@@ -125,6 +164,8 @@ def build(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> 
         else:
             out[name] = datasets.Dataset.from_list(examples)
         report["splits"][name] = _split_report(stats, packed)
+    report.update(bad_records=found["bad_records"], bad_examples=found["bad_examples"],
+                  template_details=template_report(prompt, tokenizer, eot))
     if "train" not in out or not len(out["train"]):
         dropped = report["splits"].get("train", {}).get("dropped")
         raise DataError(f"{data.path}: no training example left after tokenization (dropped: {dropped})")

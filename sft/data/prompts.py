@@ -1,19 +1,21 @@
-"""Records -> segments of text, each marked trained or not.
+"""Records -> segments of text, each marked trained or not (sft.data.segments).
 
-A segment list alternates prompt text (masked) and answer text (trained, followed by one end-of-turn token).
-Generation uses `render_prompt`, which is the last segment list's prompt side: training and evaluation see
-the very same prompt text.
+Alpaca and custom templates: the prompt (masked), then the answer (trained, followed by one end-of-turn
+token). Chat: the template's own render, cut into masked and trained parts (sft.data.chat). Generation uses
+`prompt_segments`, made by the same functions as training's prompt: training and evaluation see the same ids.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from sft.config import PromptConfig
+from sft.data.chat import chat_segments, cut, detect_end_of_turn, render, template_messages
 from sft.data.load import Record
-from sft.errors import ConfigError, DataError
+from sft.data.segments import Segment
+from sft.data.tokenize import special_strings
+from sft.errors import ConfigError
 
 # Stanford Alpaca's PROMPT_DICT, verbatim (tatsu-lab/stanford_alpaca, train.py).
 ALPACA_PROMPT_INPUT = (
@@ -26,12 +28,6 @@ ALPACA_PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    trained: bool  # trained segments are followed by the end-of-turn token, trained too
 
 
 _FIELD = re.compile(r"\{(instruction|input)\}")
@@ -60,8 +56,8 @@ def _templates(cfg: PromptConfig) -> tuple[str, str]:
     raise ConfigError(f"prompt.name={cfg.name!r} has no text templates")
 
 
-def to_messages(record: Record, cfg: PromptConfig) -> list[dict[str, str]]:
-    """An Alpaca record as a chat: the input joins the instruction, as most chat SFT recipes do."""
+def to_messages(record: Record, cfg: PromptConfig) -> list[dict[str, Any]]:
+    """A record as a chat: an Alpaca record's input joins the instruction, as most chat SFT recipes do."""
     if "messages" in record:
         msgs = list(record["messages"])
     else:
@@ -74,58 +70,73 @@ def to_messages(record: Record, cfg: PromptConfig) -> list[dict[str, str]]:
     return msgs
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-
-def chat_segments(messages: list[dict[str, str]], tokenizer: Any, end_of_turn: str) -> list[Segment]:
-    """Split a rendered chat into masked and trained parts, one trained part per assistant turn.
-
-    The chat template must render each assistant message verbatim after the generation prompt and close it
-    with `end_of_turn`; whatever the template puts after that token belongs to the next masked part.
-    """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError("prompt=chat: this tokenizer has no chat template (use prompt=alpaca or prompt=custom)")
-    segments: list[Segment] = []
-    consumed = 0
-    for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
-            continue
-        head = _render(tokenizer, messages[:i], generation_prompt=True)
-        full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
-        answer_end = len(head) + len(msg["content"])
-        if not full.startswith(head + msg["content"]) or not full[answer_end:].startswith(end_of_turn):
-            raise DataError(
-                f"chat template does not render assistant turn {i} as <generation prompt><content>{end_of_turn}; "
-                "set prompt.end_of_turn to the token the template closes turns with"
-            )
-        segments.append(Segment(head[consumed:], trained=False))
-        segments.append(Segment(msg["content"], trained=True))
-        consumed = answer_end + len(end_of_turn)
-    return segments
-
-
 def build_segments(record: Record, cfg: PromptConfig, tokenizer: Any) -> list[Segment]:
-    if cfg.name == "chat" or "messages" in record:
-        return chat_segments(to_messages(record, cfg), tokenizer, end_of_turn_token(cfg, tokenizer))
+    """The record as segments: masked prompt, trained answer(s)."""
+    if cfg.name == "chat":
+        return chat_segments(to_messages(record, cfg), record.get("tools"), cfg, tokenizer, end_of_turn_token(cfg, tokenizer))
     with_input, without_input = _templates(cfg)
-    source = _format(with_input if record["input"] else without_input, record)
-    return [Segment(source, trained=False), Segment(record["output"], trained=True)]
+    return [*_fill(with_input if record["input"] else without_input, record, tokenizer),
+            Segment(record["output"], trained=True, part="answer", end_of_turn=True)]
+
+
+def prompt_segments(record: Record, cfg: PromptConfig, tokenizer: Any) -> list[Segment]:
+    """What a model is given at generation time, as segments: everything before the last answer. Training's
+    prompt is made by the same functions, so both tokenize to the same ids."""
+    if cfg.name == "chat":
+        msgs = template_messages(to_messages(record, cfg))
+        while msgs and msgs[-1]["role"] == "assistant":
+            msgs.pop()
+        text = render(msgs, cfg, tokenizer, generation_prompt=True, tools=record.get("tools"))
+        spans = [(s, e, "prompt") for s, e in _record_spans(text, msgs)]
+        return cut(text, spans, [])
+    with_input, without_input = _templates(cfg)
+    return _fill(with_input if record["input"] else without_input, record, tokenizer)
 
 
 def render_prompt(record: Record, cfg: PromptConfig, tokenizer: Any) -> str:
-    """The text a model is given at generation time: everything before the last answer."""
-    if cfg.name == "chat" or "messages" in record:
-        msgs = to_messages(record, cfg)
-        while msgs and msgs[-1]["role"] == "assistant":
-            msgs.pop()
-        return _render(tokenizer, msgs, generation_prompt=True)
-    with_input, without_input = _templates(cfg)
-    return _format(with_input if record["input"] else without_input, record)
+    """The prompt's text at generation time."""
+    return "".join(s.text for s in prompt_segments(record, cfg, tokenizer))
+
+
+def _record_spans(text: str, msgs: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    spans, cursor = [], 0
+    for m in msgs:
+        for field in ("reasoning_content", "content"):
+            value = m.get(field)
+            if isinstance(value, str) and value:
+                at = text.find(value, cursor)
+                if at < 0 and m["role"] == "assistant":
+                    value = value.strip()
+                    at = text.find(value, cursor) if value else -1
+                if at >= 0:
+                    spans.append((at, at + len(value)))
+                    cursor = at + len(value)
+    return spans
+
+
+def _fill(template: str, record: Record, tokenizer: Any) -> list[Segment]:
+    """A text template filled in one pass: one plain segment, unless the template itself writes special tokens,
+    which then stay tokens while the record's text stays text."""
+    if not any(t in template for t in special_strings(tokenizer)):
+        return [Segment(_format(template, record), trained=False)]
+    out, at = [], 0
+    for m in _FIELD.finditer(template):
+        if m.start() > at:
+            out.append(Segment(template[at : m.start()], trained=False, plain=False))
+        if record[m.group(1)]:
+            out.append(Segment(record[m.group(1)], trained=False))
+        at = m.end()
+    if at < len(template):
+        out.append(Segment(template[at:], trained=False, plain=False))
+    return out
 
 
 def end_of_turn_token(cfg: PromptConfig, tokenizer: Any) -> str:
-    token = cfg.end_of_turn or tokenizer.eos_token
-    if token is None:
+    """prompt.end_of_turn; else the token the chat template closes a turn with (chat), or the EOS."""
+    if cfg.end_of_turn:
+        return cfg.end_of_turn
+    if cfg.name == "chat":
+        return detect_end_of_turn(cfg, tokenizer)
+    if tokenizer.eos_token is None:
         raise ConfigError("the tokenizer has no EOS token: set prompt.end_of_turn")
-    return token
+    return tokenizer.eos_token

@@ -1,9 +1,14 @@
 """Segments -> {input_ids, labels}, with the prompt masked.
 
 Each segment is tokenized on its own and the ids are concatenated (qlora's way), so the label boundary sits
-exactly between prompt and answer: no token straddles it, whatever the tokenizer merges. Every trained
-segment is followed by one end-of-turn id (the EOS for Alpaca), which is trained: the model learns to stop,
-also when pad == eos. Labels are not shifted here; Hugging Face causal LMs shift them in the loss.
+exactly between prompt and answer: no token straddles it, whatever the tokenizer merges. Record text is
+tokenized without special-token parsing (a record spelling "<|im_end|>" gets those characters' ids); template
+text keeps its special tokens. SentencePiece tokenizers that put a space mark in front of every text on its own
+("▁") get each later segment tokenized behind a newline that is then dropped, so a segment tokenizes as it
+would inside the whole text. A segment marked end_of_turn is followed by one end-of-turn id (the EOS for Alpaca),
+trained: the model learns to stop, also when pad == eos. Every example is checked: its ids decode to its text
+(or equal the whole text's tokenization); one that does not is dropped as render_mismatch. Labels are not
+shifted here; Hugging Face causal LMs shift them in the loss.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from sft.data.prompts import Segment
+from sft.data.segments import Segment
 from sft.errors import ConfigError
 
 IGNORE_INDEX = -100
@@ -33,21 +38,84 @@ class TokenizeStats:
     trained_tokens: int = 0
     boundary_mismatches: int = 0  # examples where one-string tokenization gives other ids than ours
     eos_untrained: int = 0  # kept examples whose last token is not a trained end-of-turn (must stay 0)
+    double_bos: int = 0  # kept examples that start with two BOS ids (must stay 0)
+    render_mismatched: list[int] = field(default_factory=list)  # input indices whose ids do not give their text
+    unverified: int = 0  # rows whose text a SentencePiece decoder cannot give back (record text spelling "▁")
+    trained_by_part: Counter = field(default_factory=Counter)  # answer | reasoning | structure -> trained tokens
+    turns_trained: Counter = field(default_factory=Counter)  # trained turns per kept example -> examples
 
 
 BOUNDARY_WINDOW = 32  # characters each side of a prompt/answer boundary; merges stay within one pre-token
 
 
-def encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Token ids of many texts without special tokens, through the Rust backend when there is one
-    (the same ids as tokenizer(texts), without its per-call Python overhead)."""
+def encode(tokenizer: Any, texts: list[str], plain: bool = False) -> list[list[int]]:
+    """Token ids of many texts without added special tokens, through the Rust backend when there is one (the
+    same ids as tokenizer(texts), without its per-call Python overhead). plain: special-token strings in the
+    texts are text, not tokens."""
     if not texts:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if backend is None or not hasattr(backend, "encode_special_tokens"):
+        return tokenizer(texts, add_special_tokens=False, split_special_tokens=plain)["input_ids"]
     batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    return [e.ids for e in batch(texts, add_special_tokens=False)]
+    before = backend.encode_special_tokens
+    backend.encode_special_tokens = plain
+    try:
+        return [e.ids for e in batch(texts, add_special_tokens=False)]
+    finally:
+        backend.encode_special_tokens = before
+
+
+ANCHOR = "\n"
+
+
+def anchor_ids(tokenizer: Any) -> list[int]:
+    """The ids of ANCHOR when this tokenizer marks the start of every text it is given (SentencePiece's "▁"),
+    else []: then a later segment is tokenized behind the anchor, which is dropped."""
+    alone, behind, anchor = encode(tokenizer, ["a", ANCHOR + "a", ANCHOR])
+    return anchor if behind[: len(anchor)] == anchor and behind[len(anchor):] != alone else []
+
+
+def marks_after_special(tokenizer: Any) -> bool:
+    """True when text after a special token starts with the start-of-text mark, as in Llama-2's legacy
+    SentencePiece tokenizers: a segment that follows a special token then gets no anchor."""
+    special = tokenizer.eos_token or next(iter(tokenizer.all_special_tokens), None)
+    if not special:
+        return False
+    joint, alone = encode(tokenizer, [special + "a", "a"])
+    return joint[1:] == alone
+
+
+def special_strings(tokenizer: Any) -> list[str]:
+    """Every string this tokenizer turns into one special id (its named special tokens and added special ones)."""
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+    return sorted({t for t in [*tokenizer.all_special_tokens, *added] if t}, key=len, reverse=True)
+
+
+def _ends_special(seg: Segment, specials: list[str]) -> bool:
+    return not seg.plain and any(seg.text.endswith(t) for t in specials)
+
+
+def encode_segments(tokenizer: Any, segment_lists: list[list[Segment]]) -> list[list[list[int]]]:
+    """The ids of every segment: record text plain, template text with its special tokens, each as it would be
+    tokenized inside the whole text."""
+    anchor = anchor_ids(tokenizer)
+    legacy = bool(anchor) and marks_after_special(tokenizer)
+    specials = special_strings(tokenizer)
+    flat = [(s, j > 0 and not (legacy and _ends_special(segs[j - 1], specials)))
+            for segs in segment_lists for j, s in enumerate(segs)]
+    texts = [(ANCHOR + s.text) if anchor and behind else s.text for s, behind in flat]
+    ids: list[list[int]] = [[] for _ in flat]
+    for plain in (True, False):
+        where = [k for k, (s, _) in enumerate(flat) if s.plain == plain]
+        for k, got in zip(where, encode(tokenizer, [texts[k] for k in where], plain=plain)):
+            behind = anchor and flat[k][1]
+            ids[k] = got[len(anchor):] if behind and got[: len(anchor)] == anchor else got
+    out, pos = [], 0
+    for segs in segment_lists:
+        out.append(ids[pos : pos + len(segs)])
+        pos += len(segs)
+    return out
 
 
 def boundary_mismatches(segment_lists: list[list[Segment]], tokenizer: Any) -> int:
@@ -85,28 +153,64 @@ def token_id(tokenizer: Any, token: str) -> int:
 
 
 def _assemble(
-    pieces: list[list[int]], trained: list[bool], prefix: list[int], eot_id: int, train_on_source: bool
-) -> tuple[list[int], list[int], int]:
-    """Concatenate segment ids; returns (input_ids, labels, length of the last answer incl. its end-of-turn)."""
+    pieces: list[list[int]], segs: list[Segment], prefix: list[int], eot_id: int, train_on_source: bool
+) -> tuple[list[int], list[int], int, int]:
+    """Concatenate segment ids; returns (input_ids, labels, length of the last trained run with its end-of-turn,
+    how many prefix ids were put in front)."""
     ids: list[int] = []
     labels: list[int] = []
-    if prefix and pieces[0][: len(prefix)] != prefix:  # a template that writes BOS itself gets no second one
+    if prefix and (not pieces[0] or pieces[0][: len(prefix)] != prefix):  # a template writing BOS gets no second
         ids += prefix
         labels += prefix if train_on_source else [IGNORE_INDEX] * len(prefix)
-    last_answer = 0
-    for piece, is_trained in zip(pieces, trained):
-        if is_trained:
+    added = len(ids)
+    run_start, was_trained = 0, False
+    for piece, seg in zip(pieces, segs):
+        if seg.end_of_turn:
             piece = piece + [eot_id]
-            last_answer = len(piece)
+        if seg.trained and not was_trained:
+            run_start = len(ids)
+        was_trained = seg.trained
         ids += piece
-        labels += piece if (is_trained or train_on_source) else [IGNORE_INDEX] * len(piece)
-    return ids, labels, last_answer
+        labels += piece if (seg.trained or train_on_source) else [IGNORE_INDEX] * len(piece)
+    return ids, labels, len(ids) - run_start, added
 
 
 def _truncate(ids: list[int], labels: list[int], max_len: int, keep_head: int) -> tuple[list[int], list[int]]:
     """Cut from the left of the prompt, keeping `keep_head` leading ids (BOS) and the tail."""
     cut = len(ids) - max_len
     return ids[:keep_head] + ids[keep_head + cut :], labels[:keep_head] + labels[keep_head + cut :]
+
+
+def text_of(segs: list[Segment], eot: str, after_special: str = "", specials: tuple[str, ...] = ()) -> str:
+    """The text the ids of segs must decode to. after_special: what decoding writes after each special token of
+    the template (a space for Llama-2's legacy SentencePiece tokenizers, whose text after a special token starts
+    with the start-of-text mark)."""
+    text = "".join(s.text + (eot if s.end_of_turn else "") for s in segs)
+    if not after_special:
+        return text
+    out = []
+    for s in segs:
+        piece = s.text + (eot if s.end_of_turn else "")
+        if not s.plain:
+            for t in specials:
+                piece = piece.replace(t, t + "\0")
+        out.append(piece)
+    joined = "".join(out)
+    return joined.replace("\0", after_special).removesuffix(after_special) if joined.endswith("\0") else \
+        joined.replace("\0", after_special)
+
+
+def render_mismatches(tokenizer: Any, ids_list: list[list[int]], texts: list[str]) -> list[int]:
+    """Indices of examples whose ids do not stand for their text: they neither decode to it, nor equal the whole
+    text's tokenization, nor decode as that tokenization does (tokenizers whose decoding adds a space after a
+    special token, as Llama-2's legacy SentencePiece, or record text spelling a special token)."""
+    def decode(batch: list[list[int]]) -> list[str]:
+        return tokenizer.batch_decode(batch, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    suspects = [k for k, (got, want) in enumerate(zip(decode(ids_list), texts)) if got != want]
+    whole = encode(tokenizer, [texts[k] for k in suspects])
+    ours, theirs = decode([ids_list[k] for k in suspects]), decode(whole)
+    return [k for k, w, a, b in zip(suspects, whole, ours, theirs) if w != ids_list[k] and a != b]
 
 
 def tokenize_examples(
@@ -120,16 +224,26 @@ def tokenize_examples(
     """Tokenize and mask; returns (examples, index of each kept example in the input, stats)."""
     eot_id = token_id(tokenizer, eot)
     prefix = special_prefix(tokenizer)
-    flat = encode(tokenizer, [s.text for segs in segment_lists for s in segs])
+    encoded = encode_segments(tokenizer, segment_lists)
     stats = TokenizeStats(examples=len(segment_lists), boundary_mismatches=boundary_mismatches(segment_lists, tokenizer))
+    assembled = [_assemble(pieces, segs, prefix, eot_id, train_on_source) for pieces, segs in zip(encoded, segment_lists)]
+    sentencepiece = bool(anchor_ids(tokenizer))
+    legacy = sentencepiece and marks_after_special(tokenizer)
+    specials = tuple(special_strings(tokenizer))
+    texts = [text_of(segs, eot, " " if legacy else "", specials) for segs in segment_lists]
+    # SentencePiece decodes "▁" and some special-token spellings in text lossily: such rows cannot be compared
+    lossy = {i for i, segs in enumerate(segment_lists) if sentencepiece and any(
+        s.plain and any(t in s.text for t in (*specials, "▁")) for s in segs)}
+    stats.unverified = len(lossy)
+    stats.render_mismatched = [k for k in render_mismatches(  # the prefix put in front is not part of the text
+        tokenizer, [ids[added:] for ids, _, _, added in assembled], texts) if k not in lossy]
+    bad = set(stats.render_mismatched)
     examples: list[Example] = []
     kept: list[int] = []
-    pos = 0
-    for i, segs in enumerate(segment_lists):
-        pieces = flat[pos : pos + len(segs)]
-        pos += len(segs)
-        trained = [s.trained for s in segs]
-        ids, labels, last_answer = _assemble(pieces, trained, prefix, eot_id, train_on_source)
+    for i, ((ids, labels, last_answer, _), segs) in enumerate(zip(assembled, segment_lists)):
+        if i in bad:
+            stats.dropped["render_mismatch"] += 1
+            continue
         if len(ids) > max_seq_len:
             head = len(prefix) if prefix and ids[: len(prefix)] == prefix else 0
             if truncation == "drop":
@@ -146,9 +260,24 @@ def tokenize_examples(
             continue
         if labels[-1] != eot_id or ids[-1] != eot_id:
             stats.eos_untrained += 1
+        if prefix and ids[: 2 * len(prefix)] == prefix * 2:
+            stats.double_bos += 1
+        count_parts(stats, segs, encoded[i])
         stats.kept += 1
         stats.total_tokens += len(ids)
         stats.trained_tokens += n_trained
         examples.append({"input_ids": ids, "labels": labels})
         kept.append(i)
     return examples, kept, stats
+
+
+def count_parts(stats: TokenizeStats, segs: list[Segment], pieces: list[list[int]]) -> None:
+    """Trained tokens by part and trained turns (runs of trained segments) of one example."""
+    turns, was = 0, False
+    for seg, piece in zip(segs, pieces):
+        if seg.trained:
+            stats.trained_by_part[seg.part] += len(piece)
+            stats.trained_by_part["structure"] += int(seg.end_of_turn)
+        turns += seg.trained and not was
+        was = seg.trained
+    stats.turns_trained[turns] += 1

@@ -9,8 +9,9 @@ from typing import Any
 
 from sft.config import GenerationConfig, PromptConfig
 from sft.data.load import Record
-from sft.data.prompts import render_prompt
-from sft.data.tokenize import special_prefix
+from sft.data.prompts import prompt_segments
+from sft.data.segments import Segment
+from sft.data.tokenize import encode_segments, special_prefix
 from sft.errors import DataError
 from sft.generate.sampling import derive_seed
 
@@ -28,9 +29,11 @@ class Item:
         return self.record["id"], self.sample
 
 
-def prompt_ids(text: str, tokenizer: Any, prefix: list[int]) -> list[int]:
-    """The prompt's ids exactly as training tokenized the source: one BOS (if the model uses one), never two."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+def prompt_ids(segments: list[Segment], tokenizer: Any, prefix: list[int]) -> list[int]:
+    """The prompt's ids as training tokenizes its prompt (the same segments, the same encoding: record text never
+    becomes a special token): one BOS (if the model uses one), never two."""
+    pieces = encode_segments(tokenizer, [segments])[0]
+    ids = [t for piece in pieces for t in piece]
     return ids if not prefix or ids[: len(prefix)] == prefix else prefix + ids
 
 
@@ -50,8 +53,9 @@ def build_items(records: list[Record], prompt: PromptConfig, tokenizer: Any, gen
     prefix = special_prefix(tokenizer)
     items = []
     for record in records:
-        text = render_prompt(record, prompt, tokenizer)
-        ids = fit_prompt(prompt_ids(text, tokenizer, prefix), limit, prefix, policy, f"{source}: record {record['id']}")
+        segments = prompt_segments(record, prompt, tokenizer)
+        text = "".join(s.text for s in segments)
+        ids = fit_prompt(prompt_ids(segments, tokenizer, prefix), limit, prefix, policy, f"{source}: record {record['id']}")
         for s in range(gen.num_return_sequences):
             items.append(Item(record, s, derive_seed(gen.seed, record["id"], s), text, ids))
     return items

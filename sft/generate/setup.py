@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.config import DataConfig, GenerateRunConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig
+from sft.config import DataConfig, messages_need_chat, GenerateRunConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig
 from sft.data.load import Record, is_local, load_records
 from sft.errors import ConfigError, DataError
 from sft.generate.items import Item, build_items
@@ -61,6 +61,8 @@ def resolve_setup(cfg: GenerateRunConfig, given_data_keys: set[str] | None, item
     source = found.source
     data = data_for(source, cfg.data, cfg.split, given_data_keys)
     prompt = prompt_for(source, cfg.prompt)
+    for problem in messages_need_chat(data, prompt):
+        raise ConfigError(problem)
     seed = source.run.seed(cfg.seed) if source and source.run else cfg.seed
     records = select_records(data, cfg.split, seed)
     limit = context_limit(found.model_path, found.model, cfg.generation, cfg.max_prompt_tokens)

@@ -58,22 +58,46 @@ def test_chat_template_trains_each_assistant_turn(smollm2_tokenizer):
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you."},
     ]
-    segments = chat_segments(msgs, smollm2_tokenizer, "<|im_end|>")
-    assert [s.text for s in segments if s.trained] == ["Hello!", "See you."]
-    assert segments[0].text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    assert segments[2].text == "\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
-    # segments + end-of-turn tokens rebuild the template's own rendering exactly
-    rebuilt = "".join(s.text + ("<|im_end|>" if s.trained else "") for s in segments)
-    assert smollm2_tokenizer.apply_chat_template(msgs, tokenize=False).startswith(rebuilt)
+    cfg = PromptConfig(name="chat")
+    segments = chat_segments(msgs, None, cfg, smollm2_tokenizer, "<|im_end|>")
+    assert [(s.text, s.part) for s in segments if s.trained] == [
+        ("Hello!", "answer"), ("<|im_end|>", "structure"), ("See you.", "answer"), ("<|im_end|>", "structure")]
+    assert segments[0].text.endswith("<|im_start|>user\n") and segments[1].text == "Hi" and segments[1].plain
+    assert segments[2].text == "<|im_end|>\n<|im_start|>assistant\n" and not segments[2].plain
+    # the segments are the template's own rendering, up to the end of the last trained turn
+    assert smollm2_tokenizer.apply_chat_template(msgs, tokenize=False) == "".join(s.text for s in segments) + "\n"
+    last = chat_segments(msgs, None, PromptConfig(name="chat", train_on="last_assistant"), smollm2_tokenizer, "<|im_end|>")
+    assert [s.text for s in last if s.trained] == ["See you.", "<|im_end|>"]
 
 
 def test_chat_prompt_for_generation_and_system_message(smollm2_tokenizer):
     cfg = PromptConfig(name="chat", system="Be brief.")
     prompt = render_prompt(NO_INPUT, cfg, smollm2_tokenizer)
     assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
-    assert build_segments(NO_INPUT, cfg, smollm2_tokenizer)[0].text == prompt
+    segments = build_segments(NO_INPUT, cfg, smollm2_tokenizer)
+    assert "".join(s.text for s in segments if not s.trained) == prompt
 
 
-def test_chat_template_with_another_end_of_turn_is_refused(smollm2_tokenizer):
-    with pytest.raises(DataError, match="prompt.end_of_turn"):
-        chat_segments([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], smollm2_tokenizer, "</s>")
+def test_the_end_of_turn_token_comes_from_the_template(smollm2_tokenizer):
+    from sft.data.prompts import end_of_turn_token
+
+    assert end_of_turn_token(PromptConfig(name="chat"), smollm2_tokenizer) == "<|im_end|>"
+    import copy
+
+    llama3 = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}"
+              "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+    tok = copy.deepcopy(smollm2_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    assert end_of_turn_token(PromptConfig(name="chat", chat_template=llama3), tok) == "<|eot_id|>"
+    # the template trims the answer: it is located trimmed, not refused
+    segs = chat_segments([{"role": "user", "content": "a"}, {"role": "assistant", "content": " b \n"}], None,
+                         PromptConfig(name="chat", chat_template=llama3), tok, "<|eot_id|>")
+    assert [s.text for s in segs if s.trained] == ["b", "<|eot_id|>"]
+
+
+def test_chat_template_with_another_end_of_turn_is_a_bad_turn(smollm2_tokenizer):
+    from sft.data.chat import ChatError
+
+    with pytest.raises(ChatError, match=r"turn 1 \(assistant\): the template does not close it with '</s>'.*prompt.end_of_turn"):
+        chat_segments([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], None,
+                      PromptConfig(name="chat"), smollm2_tokenizer, "</s>")

@@ -18,8 +18,12 @@ RECORDS = [{"id": i, "instruction": "Do " + "x" * i, "input": "in" if i % 2 else
 
 def test_prompt_ids_have_one_bos_and_the_training_text() -> None:
     tok = make_char_tokenizer()
-    assert prompt_ids("ab", tok, [1]) == [1, 97, 98]
-    assert prompt_ids("<s>ab", tok, [1]) == [1, 97, 98]  # a template that writes BOS itself gets no second one
+    from sft.data.segments import Segment
+
+    assert prompt_ids([Segment("ab", False)], tok, [1]) == [1, 97, 98]
+    # a template that writes BOS itself gets no second one; record text that spells it stays text
+    assert prompt_ids([Segment("<s>", False, plain=False), Segment("ab", False)], tok, [1]) == [1, 97, 98]
+    assert prompt_ids([Segment("<s>ab", False)], tok, [1]) == [1, 60, 115, 62, 97, 98]
     items = build_items(RECORDS, PromptConfig(), tok, GenerationConfig(num_return_sequences=3, do_sample=True), 1000, "error", "f")
     assert len(items) == 15 and len({it.seed for it in items}) == 15
     assert items[3].prompt.endswith("### Input:\nin\n\n### Response:") and items[3].ids[0] == 1

@@ -1,0 +1,195 @@
+"""A conversation -> the chat template's one render, cut into segments whose trained spans are located in it.
+
+    render = template(messages)            once, with prompt.template_kwargs and a fixed date
+    every message's content (and an assistant's reasoning_content) is found in the render, in order
+    a trained assistant turn runs from the end of its generation prompt (when the render begins with the
+    render of the conversation before it plus the generation prompt) or else from its located text, to the
+    template's end-of-turn token after its content, that token included
+    segments: template text (its special tokens are tokens) | record text (never parsed as special tokens)
+
+Templates that edit the text are followed, not refused: an answer the template trims is located trimmed,
+Qwen3's empty think block before the last answer is part of what the template renders. A turn that cannot be
+located is a bad record (`ChatError`, naming the turn and why), which data.on_bad_record decides about.
+Whether the ids of the segments decode back to the render is checked in sft.data.tokenize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from sft.config import PromptConfig
+from sft.data.segments import Segment
+from sft.data.tokenize import special_strings
+from sft.errors import ConfigError, DataError
+
+PROBE = [{"role": "user", "content": "PROBE-QUESTION"}, {"role": "assistant", "content": "PROBE-ANSWER"}]
+
+
+class ChatError(DataError):
+    """A conversation the template cannot be cut into trained turns (a bad record)."""
+
+
+def chat_template(cfg: PromptConfig, tokenizer: Any) -> str:
+    """prompt.chat_template (a .jinja file, or the template itself), else the tokenizer's own."""
+    given = cfg.chat_template
+    if given:
+        path = Path(given).expanduser()
+        if given.endswith((".jinja", ".j2", ".txt")) or path.is_file():
+            if not path.is_file():
+                raise ConfigError(f"prompt.chat_template={given}: file not found")
+            return path.read_text(encoding="utf-8")
+        return given
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise ConfigError("prompt=chat: this tokenizer has no chat template; set prompt.chat_template to a .jinja file "
+                          "(or use prompt=alpaca or prompt=custom)")
+    return template
+
+
+def render(messages: list[dict[str, Any]], cfg: PromptConfig, tokenizer: Any, generation_prompt: bool,
+           tools: list[dict[str, Any]] | None = None) -> str:
+    """The template's text for these messages. Today's date is prompt.date, so a template that prints the date
+    gives the same prompt (and the same data cache key) every day."""
+    day = datetime.date.fromisoformat(cfg.date)
+    kwargs: dict[str, Any] = {"date_string": day.strftime("%d %b %Y"), "strftime_now": day.strftime,
+                              **dict(cfg.template_kwargs)}
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template(cfg, tokenizer),
+                                             tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as e:  # jinja raises what the template says (e.g. "roles must alternate")
+        raise ChatError(f"the chat template refused the conversation ({type(e).__name__}: {e})") from None
+
+
+def detect_end_of_turn(cfg: PromptConfig, tokenizer: Any) -> str:
+    """The special token the template closes an assistant turn with: the first token after the answer of a
+    probe conversation, when it is a special token; else the tokenizer's EOS."""
+    text = render(PROBE, cfg, tokenizer, generation_prompt=False)
+    after = text.find(PROBE[1]["content"])
+    if after >= 0:
+        tail = text[after + len(PROBE[1]["content"]):]
+        first = next((t for t in special_strings(tokenizer) if tail.startswith(t)), None)
+        if first is not None:
+            return first
+    if tokenizer.eos_token is None:
+        raise ConfigError("the chat template closes turns with no special token and the tokenizer has no EOS: "
+                          "set prompt.end_of_turn")
+    return tokenizer.eos_token
+
+
+def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as templates read them: tool-call arguments as objects (records may hold them as JSON strings,
+    as Parquet and Arrow force)."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("tool_calls"):
+            m["tool_calls"] = [_tool_call(c) for c in m["tool_calls"]]
+        out.append(m)
+    return out
+
+
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = dict(call.get("function", call))
+    if isinstance(function.get("arguments"), str):
+        try:
+            function["arguments"] = json.loads(function["arguments"])
+        except json.JSONDecodeError as e:
+            raise ChatError(f"tool call {function.get('name')!r}: arguments are not JSON ({e.msg})") from None
+    return {"type": "function", "function": function}
+
+
+def _find(text: str, piece: str, start: int, trim: bool) -> tuple[int, int]:
+    """(start, end) of piece in text from `start`, or of piece stripped when the template trims; (-1, -1)."""
+    for candidate in (piece, piece.strip()) if trim else (piece,):
+        at = text.find(candidate, start) if candidate else -1
+        if at >= 0:
+            return at, at + len(candidate)
+    return -1, -1
+
+
+def trained_turns(messages: list[dict[str, Any]], train_on: str) -> set[int]:
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    return set(answers[-1:]) if train_on == "last_assistant" else set(answers)
+
+
+def chat_segments(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, cfg: PromptConfig,
+                  tokenizer: Any, end_of_turn: str) -> list[Segment]:
+    """Segments of the conversation's render up to the end of its last trained turn."""
+    messages = template_messages(messages)
+    text = render(messages, cfg, tokenizer, generation_prompt=False, tools=tools)
+    record_spans: list[tuple[int, int, str]] = []  # (start, end, part) of record text
+    trained: list[tuple[int, int]] = []
+    cursor = 0
+    for i, msg in enumerate(messages):
+        is_trained = i in trained_turns(messages, cfg.train_on)
+        head = -1
+        if is_trained:
+            before = render(messages[:i], cfg, tokenizer, generation_prompt=True, tools=tools)
+            head = len(before) if text.startswith(before) and len(before) >= cursor else -1
+        first = None
+        for field, part in (("reasoning_content", "reasoning"), ("content", "answer" if is_trained else "prompt")):
+            value = msg.get(field)
+            if not isinstance(value, str) or not value:
+                continue
+            start, end = _find(text, value, max(cursor, head), trim=msg["role"] == "assistant")
+            if start < 0:
+                what = "its reasoning_content (the template may not render reasoning)" if field == "reasoning_content" \
+                    else "its content (the template changes it beyond trimming)"
+                raise ChatError(f"turn {i} ({msg['role']}): cannot find {what} in the template's render")
+            if part == "reasoning" and not cfg.train_reasoning:
+                part = "prompt"
+            record_spans.append((start, end, part if is_trained else "prompt"))
+            if first is None and part != "prompt":
+                first = start
+            cursor = end
+        if not is_trained:
+            continue
+        close = text.find(end_of_turn, cursor)
+        if close < 0:
+            raise ChatError(f"turn {i} (assistant): the template does not close it with {end_of_turn!r} "
+                            "(prompt.end_of_turn names the token that ends a turn)")
+        begin = head if head >= 0 and (cfg.train_reasoning or not msg.get("reasoning_content")) else first
+        if begin is None:
+            raise ChatError(f"turn {i} (assistant): cannot locate where it begins (the template re-renders earlier "
+                            "turns and the turn has no text of its own)")
+        cursor = close + len(end_of_turn)
+        trained.append((begin, cursor))
+    if not trained:
+        return [Segment(text, trained=False, plain=False)]
+    return cut(text[: trained[-1][1]], record_spans, trained)
+
+
+def cut(text: str, record_spans: list[tuple[int, int, str]], trained: list[tuple[int, int]]) -> list[Segment]:
+    """Split text where record text starts or ends or a trained span starts or ends."""
+    bounds = {0, len(text)} | {p for s, e, _ in record_spans for p in (s, e) if p <= len(text)}
+    bounds |= {p for span in trained for p in span}
+    edges = sorted(bounds)
+    segments = []
+    for a, b in zip(edges, edges[1:]):
+        owner = next((part for s, e, part in record_spans if s <= a and b <= e), None)
+        is_trained = any(s <= a and b <= e for s, e in trained)
+        part = owner if owner is not None and owner != "prompt" else ("structure" if is_trained else "prompt")
+        segments.append(Segment(text[a:b], trained=is_trained, plain=owner is not None, part=part))
+    return spaces_forward(segments)
+
+
+def spaces_forward(segments: list[Segment]) -> list[Segment]:
+    """Move the spaces that end a segment to the start of the next one when both are masked (or both trained):
+    tokenizers attach a space to the word after it ("[INST] " + "Hi" is "▁Hi" in one piece, " Hi" in byte-level
+    BPE), and the label of a space between two masked parts does not matter. The prompt/answer boundary keeps
+    its place: the generation prompt ends there."""
+    out: list[Segment] = []
+    for seg in segments:
+        prev = out[-1] if out else None
+        if prev is not None and prev.trained == seg.trained and prev.text.endswith(" ") and prev.text.strip():
+            body = prev.text.rstrip(" ")
+            out[-1] = dataclasses.replace(prev, text=body)
+            seg = dataclasses.replace(seg, text=prev.text[len(body):] + seg.text, plain=seg.plain)
+        out.append(seg)
+    return out
