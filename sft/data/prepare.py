@@ -72,8 +72,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 # Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
 # contains "{input}" is kept as written; 3: \n, \t, \r, \\ in custom templates read as escapes; 4: the held-out
-# split decided per record from its content, max_records applied after it).
-ROWS_FORMAT = 4
+# split decided per record from its content, max_records applied after it; 5: record text tokenized without
+# special-token parsing, chat turns located in one render, SentencePiece segments tokenized as in the whole text).
+ROWS_FORMAT = 5
 
 
 def cache_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:
