@@ -43,11 +43,14 @@ def causal_lm(model: Any) -> Any:
 
 def plain_linear_head(lm: Any) -> torch.nn.Linear | None:
     """The output head when logits = head(hidden) exactly and the head is frozen; None otherwise."""
-    config = lm.config
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) is not None:
-        return None
-    if getattr(config, "logits_scaling", 1.0) not in (None, 1.0):
-        return None
+    configs = [lm.config]
+    if hasattr(lm.config, "get_text_config"):  # multimodal and nested configs keep the language model's inside
+        configs.append(lm.config.get_text_config())
+    for config in configs:
+        if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) is not None:
+            return None
+        if getattr(config, "logits_scaling", 1.0) not in (None, 1.0):
+            return None
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear or any(p.requires_grad for p in head.parameters()):
         return None
@@ -158,3 +161,25 @@ def trained_loss_per_row(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tens
         hidden, head = found
         sums = [trained_token_loss_sum(hidden[b:b + 1], labels[b:b + 1], head)[0] for b in range(labels.shape[0])]
     return torch.stack(sums).float(), counts
+
+
+def loss_parity(model: Any, inputs: dict[str, Any], limit: int = 1024) -> tuple[float, float] | None:
+    """(ours, the model's own) mean loss over the trained tokens of the first row of a micro-batch (its first
+    `limit` positions, when they hold a trained token: the model's own loss keeps the logits of every position),
+    in eval mode (no dropout, no random state drawn), or None when the model takes its own loss anyway."""
+    def rows(cut: int | None) -> dict[str, Any]:
+        return {k: v[:1, :cut] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
+
+    inputs = rows(limit) if (rows(limit)["labels"][:, 1:] != IGNORE_INDEX).any() else rows(None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            found = forward_trained_loss_sum(model, inputs)
+            if found is None:
+                return None
+            ours = float(found[0]) / max(found[1], 1)
+            theirs = float(model(**inputs).loss)
+    finally:
+        model.train(was_training)
+    return ours, theirs

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainingArguments
 from sft.train.checkpoint import AtomicCheckpointMixin
 from sft.config import QuantConfig, TrainConfig
 from sft.errors import ConfigError
-from sft.train.loss import forward_trained_loss_sum, trained_loss_per_row
+from sft.train.loss import forward_trained_loss_sum, loss_parity, trained_loss_per_row
 from sft.model.quant import pick_device, weights_dtype
 
 
@@ -92,6 +92,7 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         self.trained_tokens = 0
         self._tokens_at_last_log = 0
         self._time_at_last_log: float | None = None  # set when the first step starts: setup is not timed
+        self._own_loss: bool | None = None  # decided on the first micro-batch (check_loss)
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         if self._time_at_last_log is None:
@@ -109,13 +110,39 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         every rank's tokens)."""
         summed = None
         if model.training and not return_outputs and num_items_in_batch is not None:
-            summed = forward_trained_loss_sum(model, inputs)
+            if self._own_loss is None:
+                self._own_loss = self.check_loss(model, inputs)
+            if not self._own_loss:
+                summed = forward_trained_loss_sum(model, inputs)
         if summed is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = summed[0] / num_items_in_batch
         if self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
         return loss
+
+    def check_loss(self, model: Any, inputs: dict[str, Any]) -> bool:
+        """Once per run, on the first micro-batch: does the trained-positions head give the model's own loss? When
+        it does not (a head that is more than a linear layer, undeclared), say so and use the model's own loss.
+        Every rank takes the same decision."""
+        import torch
+        import torch.distributed as dist
+
+        found = loss_parity(model, inputs)
+        tolerance = 1e-3 if not (self.args.bf16 or self.args.fp16) else 2e-2
+        differs = found is not None and not abs(found[0] - found[1]) <= tolerance * max(abs(found[1]), 1e-6)
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([float(differs)], device=self.args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            differs = bool(flag.item())
+        if self.is_world_process_zero():
+            if found is None:
+                print("loss check: this model needs its own loss head (soft-capping, logit scaling or a trained head)")
+            else:
+                verdict = "differs: training uses the model's own loss (full logits, more memory)" if differs else "equal"
+                print(f"loss check on the first micro-batch: trained-positions head {found[0]:.6f}, "
+                      f"the model's own {found[1]:.6f}: {verdict}")
+        return differs
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None) -> tuple[None, Any, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,9 @@ def test_train_writes_a_complete_run_dir_and_never_overwrites_it(tiny_dir: Path,
     args = tiny_overrides(tiny_dir, data_file, f"out_dir={out}")
     done = run_sft("train", *args)
     assert done.returncode == 0, done.stderr[-3000:]
+    # the trained-positions head was checked against the model's own loss on the first micro-batch
+    assert re.search(r"loss check on the first micro-batch: trained-positions head \S+, the model's own \S+: equal",
+                     done.stdout), done.stdout[-2000:]
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json",
                  "config.yaml", "report.json", "metrics.jsonl", "loss.png", "finished.json"):
         assert (out / name).is_file(), name

@@ -337,3 +337,40 @@ def test_per_row_eval_sums_are_the_same_with_the_models_own_head(monkeypatch: An
     assert counts.tolist() == own_counts.tolist() == [33, 33]
     torch.testing.assert_close(sums, own_sums, rtol=1e-5, atol=1e-5)
     assert sums.sum().item() == pytest.approx(reference, rel=1e-5)
+
+
+def test_the_loss_check_finds_a_head_that_is_more_than_its_weights() -> None:
+    """Parity holds for a plain head; a head whose output is changed without the config saying so (here a hook
+    that shifts the logits) is caught, so training falls back to the model's own loss."""
+    import torch
+    from conftest import tiny_llama
+
+    from sft.train.loss import loss_parity
+
+    model = tiny_llama(vocab_size=64, seed=1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids = torch.randint(3, 64, (2, 40))
+    labels = ids.clone()
+    labels[:, :10] = -100
+    inputs = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    ours, theirs = loss_parity(model, inputs)
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    bias = torch.zeros(64)
+    bias[5] = 10.0  # every position now predicts token 5
+    model.lm_head.register_forward_hook(lambda m, args, out: out + bias)
+    ours, theirs = loss_parity(model, inputs)
+    assert abs(ours - theirs) > 1e-2 * theirs
+
+
+def test_soft_capping_in_a_nested_text_config_takes_the_models_own_loss() -> None:
+    from conftest import tiny_llama
+
+    from sft.train.loss import plain_linear_head
+
+    model = tiny_llama(vocab_size=64)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert plain_linear_head(model) is not None
+    model.config.get_text_config = lambda: type("Text", (), {"final_logit_softcapping": 30.0})()
+    assert plain_linear_head(model) is None
