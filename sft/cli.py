@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import hydra
@@ -114,9 +115,13 @@ def eval_main(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="bench", version_base="1.3")
 def bench_main(cfg: DictConfig) -> None:
+    from hydra.types import RunMode
+
     from sft.evaluate import benchmarks
 
-    run_command(benchmarks.run, cfg)
+    hydra_cfg = HydraConfig.get()
+    sweep = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None  # one row per job's adapter
+    run_command(lambda typed_cfg: benchmarks.run(typed_cfg, sweep), cfg)
 
 
 def console(main: Callable[[], Any]) -> Callable[[], None]:

@@ -101,8 +101,26 @@ def write_samples(out: Path, name: str, result: dict[str, Any]) -> None:
         write_rows_atomic(out / "samples" / name / f"{task}.jsonl", json.loads(json.dumps(samples, default=str)))
 
 
-def run(cfg: BenchRunConfig) -> dict[str, Any]:
-    """sft-bench: the table, and what it is made of, in cfg.out_dir."""
+def sweep_table(sweep_dir: Path) -> str:
+    """One row per model of a sweep (`-m adapter=A,B,...`): the base once, then each adapter, from the
+    benchmarks.json of every job finished so far under sweep_dir."""
+    rows: dict[str, dict[tuple[str, str], tuple[float, float | None]]] = {}
+    for path in sorted(sweep_dir.glob("*/benchmarks.json")):
+        report = json.loads(path.read_text())
+        for variant, result in report["results"].items():
+            rows.setdefault("base" if variant == "base" else str(report["adapter"]), scores(result))
+    columns = sorted(set().union(*rows.values())) if rows else []
+    lines = ["| model | " + " | ".join(f"{task} {metric}" for task, metric in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for name, values in rows.items():
+        cells = ["-" if c not in values else f"{values[c][0]:.4f}" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(cfg: BenchRunConfig, sweep_dir: Path | None = None) -> dict[str, Any]:
+    """sft-bench: the table, and what it is made of, in cfg.out_dir; in a sweep (sweep_dir, from `-m`) also
+    <sweep_dir>/benchmarks.md with one row per adapter, rewritten as each job finishes."""
     manager = task_manager(cfg.benchmark)  # a wrong task name fails before the model loads
     setup = resolve_model(cfg.adapter, cfg.model)
     model = load_for_inference(setup, cfg.quant)
@@ -121,6 +139,8 @@ def run(cfg: BenchRunConfig) -> dict[str, Any]:
               "results": json.loads(json.dumps(results, default=str))}
     write_json_atomic(out / "benchmarks.json", report)
     write_text_atomic(out / "benchmarks.md", table + "\n")
+    if sweep_dir is not None:
+        write_text_atomic(sweep_dir / "benchmarks.md", sweep_table(sweep_dir) + "\n")
     print(table)
     print(f"\nwrote {out / 'benchmarks.json'}")
     return report

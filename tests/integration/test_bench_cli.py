@@ -65,3 +65,27 @@ def test_mistakes_are_one_message_before_any_model_loads(tasks: Path, tmp_path: 
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert message in proc.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_over_adapters_gives_one_row_per_adapter(tasks: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapters = []
+    for seed in (1, 2):
+        import torch
+
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir),
+                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        model.save_pretrained(tmp_path / f"adapter{seed}")
+        adapters.append(str(tmp_path / f"adapter{seed}"))
+    sweep = tmp_path / "sweep"
+    proc = run_sft("bench", "-m", f"adapter={','.join(adapters)}", f"model.path={tiny_dir}",
+                   "benchmark.tasks=[sft_demo_sentiment]", f"benchmark.include_path={tasks}", "benchmark.limit=4",
+                   f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (sweep / "benchmarks.md").read_text().splitlines()
+    assert lines[0] == "| model | sft_demo_sentiment acc |"
+    assert [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]] == ["base", *adapters]
+    assert all(len(json.loads((sweep / str(n) / "benchmarks.json").read_text())["results"]) == 2 for n in (0, 1))
