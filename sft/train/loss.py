@@ -163,6 +163,18 @@ def trained_loss_per_row(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tens
     return torch.stack(sums).float(), counts
 
 
+def own_logits_loss_sum(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """The summed trained-token loss from the model's own logits (soft-capping and any other head included) and
+    how many tokens it covers: the training loss for models the trained-positions head does not fit, still one
+    sum over the step's trained tokens (the model's own `loss` would be a mean per micro-batch for models whose
+    forward takes no loss arguments)."""
+    logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    targets = inputs["labels"][:, 1:]
+    summed = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                             reduction="sum")
+    return summed, int((targets != IGNORE_INDEX).sum())
+
+
 def loss_parity(model: Any, inputs: dict[str, Any], limit: int = 1024) -> tuple[float, float] | None:
     """(ours, the model's own) mean loss over the trained tokens of the first row of a micro-batch (its first
     `limit` positions, when they hold a trained token: the model's own loss keeps the logits of every position),

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainingArguments
 from sft.train.checkpoint import AtomicCheckpointMixin
 from sft.config import QuantConfig, TrainConfig
 from sft.errors import ConfigError
-from sft.train.loss import forward_trained_loss_sum, loss_parity, trained_loss_per_row
+from sft.train.loss import forward_trained_loss_sum, loss_parity, own_logits_loss_sum, trained_loss_per_row
 from sft.model.quant import pick_device, weights_dtype
 
 
@@ -112,8 +112,9 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         if model.training and not return_outputs and num_items_in_batch is not None:
             if self._own_loss is None:
                 self._own_loss = self.check_loss(model, inputs)
-            if not self._own_loss:
-                summed = forward_trained_loss_sum(model, inputs)
+            summed = None if self._own_loss else forward_trained_loss_sum(model, inputs)
+            if summed is None:
+                summed = own_logits_loss_sum(model, inputs)
         if summed is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = summed[0] / num_items_in_batch
@@ -137,9 +138,9 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
             differs = bool(flag.item())
         if self.is_world_process_zero():
             if found is None:
-                print("loss check: this model needs its own loss head (soft-capping, logit scaling or a trained head)")
+                print("loss check: this model needs its own logits (soft-capping, logit scaling or a trained head)")
             else:
-                verdict = "differs: training uses the model's own loss (full logits, more memory)" if differs else "equal"
+                verdict = "differs: training uses the model's own logits (all of them, more memory)" if differs else "equal"
                 print(f"loss check on the first micro-batch: trained-positions head {found[0]:.6f}, "
                       f"the model's own {found[1]:.6f}: {verdict}")
         return differs

@@ -374,3 +374,36 @@ def test_soft_capping_in_a_nested_text_config_takes_the_models_own_loss() -> Non
     assert plain_linear_head(model) is not None
     model.config.get_text_config = lambda: type("Text", (), {"final_logit_softcapping": 30.0})()
     assert plain_linear_head(model) is None
+
+
+def test_the_models_own_logits_give_the_same_summed_loss() -> None:
+    """The fallback for heads the trained-positions loss does not fit is still one sum over trained tokens."""
+    import torch
+    from conftest import tiny_llama
+
+    from sft.train.loss import forward_trained_loss_sum, own_logits_loss_sum
+
+    model = tiny_llama(vocab_size=64, seed=2)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids = torch.randint(3, 64, (2, 30))
+    labels = ids.clone()
+    labels[0, :12] = -100
+    labels[1, :20] = -100
+    inputs = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        (ours, n), (theirs, m) = forward_trained_loss_sum(model, inputs), own_logits_loss_sum(model, inputs)
+    assert n == m == 18 + 10 and float(ours) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_the_fallback_loss_is_one_sum_over_the_steps_trained_tokens(tmp_path: Path, monkeypatch: Any) -> None:
+    """A model the trained-positions head does not fit (here: made so) trains on its own logits, and accumulation
+    still divides one sum by the step's trained tokens, not a mean of per-micro-batch means."""
+    import sft.train.loss
+
+    monkeypatch.setattr(sft.train.loss, "plain_linear_head", lambda lm: None)
+    rows = two_rows()
+    accumulated = step_grads(rows, micro_batch_size=1, grad_accum=2, tmp_path=tmp_path / "a")
+    together = step_grads(rows, micro_batch_size=2, grad_accum=1, tmp_path=tmp_path / "b")
+    for name in together:
+        torch.testing.assert_close(accumulated[name], together[name], rtol=1e-5, atol=1e-7)
