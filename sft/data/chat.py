@@ -7,7 +7,8 @@
     template's end-of-turn token after its content, that token included
     segments: template text (its special tokens are tokens) | record text (never parsed as special tokens)
 
-Templates that edit the text are followed, not refused: an answer the template trims is located trimmed,
+A template that marks its assistant text with {% generation %} (what transformers' assistant mask reads) has its
+marks decide what is trained instead. Templates that edit the text are followed, not refused: an answer the template trims is located trimmed,
 Qwen3's empty think block before the last answer is part of what the template renders. A turn that cannot be
 located is a bad record (`ChatError`, naming the turn and why), which data.on_bad_record decides about.
 Whether the ids of the segments decode back to the render is checked in sft.data.tokenize.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ def chat_template(cfg: PromptConfig, tokenizer: Any) -> str:
     given = cfg.chat_template
     if given:
         path = Path(given).expanduser()
-        if given.endswith((".jinja", ".j2", ".txt")) or path.is_file():
+        if given.endswith((".jinja", ".j2", ".txt")) or ("{" not in given and path.is_file()):
             if not path.is_file():
                 raise ConfigError(f"prompt.chat_template={given}: file not found")
             return path.read_text(encoding="utf-8")
@@ -160,9 +162,29 @@ def chat_segments(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
                             "turns and the turn has no text of its own)")
         cursor = close + len(end_of_turn)
         trained.append((begin, cursor))
+    marked = generation_spans(messages, cfg, tokenizer, tools)
+    if marked is not None:  # the template marks what is trained ({% generation %}): its marks decide
+        trained = marked[-1:] if cfg.train_on == "last_assistant" else marked
     if not trained:
         return [Segment(text, trained=False, plain=False)]
     return cut(text[: trained[-1][1]], record_spans, trained)
+
+
+def generation_spans(messages: list[dict[str, Any]], cfg: PromptConfig, tokenizer: Any,
+                     tools: list[dict[str, Any]] | None) -> list[tuple[int, int]] | None:
+    """The character spans of a template's {% generation %} blocks in the render (what transformers' assistant
+    mask is made of), or None when the template has none."""
+    template = chat_template(cfg, tokenizer)
+    if not re.search(r"\{%-?\s*generation\s*-?%\}", template):
+        return None
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    day = datetime.date.fromisoformat(cfg.date)
+    kwargs = {**tokenizer.special_tokens_map, "date_string": day.strftime("%d %b %Y"), "strftime_now": day.strftime,
+              **dict(cfg.template_kwargs)}
+    _, spans = render_jinja_template(conversations=[messages], tools=tools, chat_template=template,
+                                     return_assistant_tokens_mask=True, add_generation_prompt=False, **kwargs)
+    return [tuple(span) for span in spans[0]]
 
 
 def cut(text: str, record_spans: list[tuple[int, int, str]], trained: list[tuple[int, int]]) -> list[Segment]:

@@ -101,3 +101,30 @@ def test_chat_template_with_another_end_of_turn_is_a_bad_turn(smollm2_tokenizer)
     with pytest.raises(ChatError, match=r"turn 1 \(assistant\): the template does not close it with '</s>'.*prompt.end_of_turn"):
         chat_segments([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], None,
                       PromptConfig(name="chat"), smollm2_tokenizer, "</s>")
+
+
+def test_a_template_with_generation_marks_decides_what_is_trained(smollm2_tokenizer):
+    """{% generation %} blocks (transformers' assistant mask) are the trained spans; record text stays plain."""
+    marked = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+              "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n"
+              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    cfg = PromptConfig(name="chat", chat_template=marked)
+    msgs = [{"role": "user", "content": "Hi <|im_end|>"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you."}]
+    segments = chat_segments(msgs, None, cfg, smollm2_tokenizer, "<|im_end|>")
+    assert [s.text for s in segments if s.trained] == ["Hello!", "<|im_end|>", "See you.", "<|im_end|>"]
+    assert [s.text for s in segments if s.plain and not s.trained] == ["Hi <|im_end|>", "Bye"]
+    last = chat_segments(msgs, None, PromptConfig(name="chat", chat_template=marked, train_on="last_assistant"),
+                         smollm2_tokenizer, "<|im_end|>")
+    assert [s.text for s in last if s.trained] == ["See you.", "<|im_end|>"]
+
+
+def test_chat_template_from_a_file_and_a_missing_one(smollm2_tokenizer, tmp_path):
+    from sft.errors import ConfigError
+
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}<|im_end|>{% endfor %}"
+                                      "{% if add_generation_prompt %}[assistant] {% endif %}")
+    cfg = PromptConfig(name="chat", chat_template=str(tmp_path / "t.jinja"))
+    assert render_prompt(NO_INPUT, cfg, smollm2_tokenizer) == "[user] Say hi.<|im_end|>[assistant] "
+    with pytest.raises(ConfigError, match="prompt.chat_template=.*missing.jinja: file not found"):
+        render_prompt(NO_INPUT, PromptConfig(name="chat", chat_template=str(tmp_path / "missing.jinja")), smollm2_tokenizer)
