@@ -115,6 +115,20 @@ def _find(text: str, piece: str, start: int, trim: bool) -> tuple[int, int]:
     return -1, -1
 
 
+def record_text_spans(text: str, messages: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """Where each message's text stands in a render (masked record text), in order; text not found is left to
+    the template's side (a generation prompt is not checked: training's rows are)."""
+    spans, cursor = [], 0
+    for m in messages:
+        for field in ("reasoning_content", "content"):
+            value = m.get(field)
+            start, end = _find(text, value, cursor, trim=m["role"] == "assistant") if isinstance(value, str) else (-1, -1)
+            if start >= 0:
+                spans.append((start, end, "prompt"))
+                cursor = end
+    return spans
+
+
 def trained_turns(messages: list[dict[str, Any]], train_on: str) -> set[int]:
     answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     return set(answers[-1:]) if train_on == "last_assistant" else set(answers)

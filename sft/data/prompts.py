@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from sft.config import PromptConfig
-from sft.data.chat import chat_segments, cut, detect_end_of_turn, render, template_messages
+from sft.data.chat import chat_segments, cut, detect_end_of_turn, record_text_spans, render, template_messages
 from sft.data.load import Record
 from sft.data.segments import Segment
 from sft.data.tokenize import special_strings
@@ -87,8 +87,7 @@ def prompt_segments(record: Record, cfg: PromptConfig, tokenizer: Any) -> list[S
         while msgs and msgs[-1]["role"] == "assistant":
             msgs.pop()
         text = render(msgs, cfg, tokenizer, generation_prompt=True, tools=record.get("tools"))
-        spans = [(s, e, "prompt") for s, e in _record_spans(text, msgs)]
-        return cut(text, spans, [])
+        return cut(text, record_text_spans(text, msgs), [])
     with_input, without_input = _templates(cfg)
     return _fill(with_input if record["input"] else without_input, record, tokenizer)
 
@@ -96,22 +95,6 @@ def prompt_segments(record: Record, cfg: PromptConfig, tokenizer: Any) -> list[S
 def render_prompt(record: Record, cfg: PromptConfig, tokenizer: Any) -> str:
     """The prompt's text at generation time."""
     return "".join(s.text for s in prompt_segments(record, cfg, tokenizer))
-
-
-def _record_spans(text: str, msgs: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    spans, cursor = [], 0
-    for m in msgs:
-        for field in ("reasoning_content", "content"):
-            value = m.get(field)
-            if isinstance(value, str) and value:
-                at = text.find(value, cursor)
-                if at < 0 and m["role"] == "assistant":
-                    value = value.strip()
-                    at = text.find(value, cursor) if value else -1
-                if at >= 0:
-                    spans.append((at, at + len(value)))
-                    cursor = at + len(value)
-    return spans
 
 
 def _fill(template: str, record: Record, tokenizer: Any) -> list[Segment]:
