@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import re
 from pathlib import Path
@@ -43,13 +44,19 @@ def chat_template(cfg: PromptConfig, tokenizer: Any) -> str:
         if given.endswith((".jinja", ".j2", ".txt")) or ("{" not in given and path.is_file()):
             if not path.is_file():
                 raise ConfigError(f"prompt.chat_template={given}: file not found")
-            return path.read_text(encoding="utf-8")
+            return _read_template(str(path.resolve()), path.stat().st_mtime_ns)
         return given
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         raise ConfigError("prompt=chat: this tokenizer has no chat template; set prompt.chat_template to a .jinja file "
                           "(or use prompt=alpaca or prompt=custom)")
     return template
+
+
+@functools.lru_cache(maxsize=8)
+def _read_template(path: str, mtime_ns: int) -> str:
+    """A template file read once per version of it (every render asks for it)."""
+    return Path(path).read_text(encoding="utf-8")
 
 
 def render(messages: list[dict[str, Any]], cfg: PromptConfig, tokenizer: Any, generation_prompt: bool,

@@ -122,12 +122,12 @@ def template_report(prompt: PromptConfig, tokenizer: Any, eot: str) -> dict[str,
 
 
 def segments_or_bad(records: list[Record], source: str, data: DataConfig, prompt: PromptConfig, tokenizer: Any,
-                    found: dict[str, Any]) -> tuple[list[Record], list[list[Segment]]]:
+                    eot: str, found: dict[str, Any]) -> tuple[list[Record], list[list[Segment]]]:
     """The records' segments; a conversation its template cannot be cut into turns is a bad record."""
     kept, segments = [], []
     for record in records:
         try:
-            segments.append(build_segments(record, prompt, tokenizer))
+            segments.append(build_segments(record, prompt, tokenizer, eot))
             kept.append(record)
         except ChatError as e:
             bad_record(f"{source}: record {record['id']}: {e}", data, found)
@@ -150,7 +150,7 @@ def build(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> 
     out = {}
     for name, records in splits.items():
         source = data.eval_path if name == "eval" and data.eval_path else data.path
-        records, segments = segments_or_bad(records, source, data, prompt, tokenizer, found)
+        records, segments = segments_or_bad(records, source, data, prompt, tokenizer, eot, found)
         examples, _, stats = tokenize_examples(
             segments, tokenizer, eot, data.max_seq_len, data.truncation, data.train_on_source
         )

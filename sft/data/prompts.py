@@ -70,10 +70,12 @@ def to_messages(record: Record, cfg: PromptConfig) -> list[dict[str, Any]]:
     return msgs
 
 
-def build_segments(record: Record, cfg: PromptConfig, tokenizer: Any) -> list[Segment]:
-    """The record as segments: masked prompt, trained answer(s)."""
+def build_segments(record: Record, cfg: PromptConfig, tokenizer: Any, eot: str | None = None) -> list[Segment]:
+    """The record as segments: masked prompt, trained answer(s). eot: end_of_turn_token(cfg, tokenizer), when the
+    caller has it already (it is the same for every record)."""
     if cfg.name == "chat":
-        return chat_segments(to_messages(record, cfg), record.get("tools"), cfg, tokenizer, end_of_turn_token(cfg, tokenizer))
+        eot = eot or end_of_turn_token(cfg, tokenizer)
+        return chat_segments(to_messages(record, cfg), record.get("tools"), cfg, tokenizer, eot)
     with_input, without_input = _templates(cfg)
     return [*_fill(with_input if record["input"] else without_input, record, tokenizer),
             Segment(record["output"], trained=True, part="answer", end_of_turn=True)]

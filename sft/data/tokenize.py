@@ -13,6 +13,7 @@ shifted here; Hugging Face causal LMs shift them in the loss.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -96,12 +97,21 @@ def _ends_special(seg: Segment, specials: list[str]) -> bool:
     return not seg.plain and any(seg.text.endswith(t) for t in specials)
 
 
+_TRAITS: "weakref.WeakKeyDictionary[Any, tuple[list[int], bool, list[str]]]" = weakref.WeakKeyDictionary()
+
+
+def traits(tokenizer: Any) -> tuple[list[int], bool, list[str]]:
+    """(anchor_ids, legacy: marks_after_special with an anchor, special_strings), found once per tokenizer."""
+    if tokenizer not in _TRAITS:
+        anchor = anchor_ids(tokenizer)
+        _TRAITS[tokenizer] = (anchor, bool(anchor) and marks_after_special(tokenizer), special_strings(tokenizer))
+    return _TRAITS[tokenizer]
+
+
 def encode_segments(tokenizer: Any, segment_lists: list[list[Segment]]) -> list[list[list[int]]]:
     """The ids of every segment: record text plain, template text with its special tokens, each as it would be
     tokenized inside the whole text."""
-    anchor = anchor_ids(tokenizer)
-    legacy = bool(anchor) and marks_after_special(tokenizer)
-    specials = special_strings(tokenizer)
+    anchor, legacy, specials = traits(tokenizer)
     flat = [(s, j > 0 and not (legacy and _ends_special(segs[j - 1], specials)))
             for segs in segment_lists for j, s in enumerate(segs)]
     texts = [(ANCHOR + s.text) if anchor and behind else s.text for s, behind in flat]
@@ -227,9 +237,8 @@ def tokenize_examples(
     encoded = encode_segments(tokenizer, segment_lists)
     stats = TokenizeStats(examples=len(segment_lists), boundary_mismatches=boundary_mismatches(segment_lists, tokenizer))
     assembled = [_assemble(pieces, segs, prefix, eot_id, train_on_source) for pieces, segs in zip(encoded, segment_lists)]
-    sentencepiece = bool(anchor_ids(tokenizer))
-    legacy = sentencepiece and marks_after_special(tokenizer)
-    specials = tuple(special_strings(tokenizer))
+    anchor, legacy, found = traits(tokenizer)
+    sentencepiece, specials = bool(anchor), tuple(found)
     texts = [text_of(segs, eot, " " if legacy else "", specials) for segs in segment_lists]
     # SentencePiece decodes "▁" and some special-token spellings in text lossily: such rows cannot be compared
     lossy = {i for i, segs in enumerate(segment_lists) if sentencepiece and any(

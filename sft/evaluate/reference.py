@@ -25,9 +25,9 @@ from sft.train.loss import trained_loss_per_row
 @torch.inference_mode()
 def reference_loss(model: Any, tokenizer: Any, records: list[Record], prompt: PromptConfig, data: DataConfig, batch_size: int) -> dict[str, Any]:
     """Token-weighted mean loss of the references over every trained token, and exp of it."""
-    segments = [build_segments(r, prompt, tokenizer) for r in records]
-    examples, _, _ = tokenize_examples(segments, tokenizer, end_of_turn_token(prompt, tokenizer), data.max_seq_len,
-                                       data.truncation, data.train_on_source)
+    eot = end_of_turn_token(prompt, tokenizer)
+    segments = [build_segments(r, prompt, tokenizer, eot) for r in records]
+    examples, _, _ = tokenize_examples(segments, tokenizer, eot, data.max_seq_len, data.truncation, data.train_on_source)
     if not examples:
         raise DataError(f"{data.path}: no held-out example fits data.max_seq_len={data.max_seq_len}")
     collate = PaddedCollator(tokenizer.pad_token_id)
