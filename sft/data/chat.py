@@ -147,12 +147,14 @@ def chat_segments(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
     messages = template_messages(messages)
     text = render(messages, cfg, tokenizer, generation_prompt=False, tools=tools)
     record_spans: list[tuple[int, int, str]] = []  # (start, end, part) of record text
+    marked = generation_spans(messages, cfg, tokenizer, tools)  # {% generation %} marks, when the template has them
     trained: list[tuple[int, int]] = []
+    to_train = trained_turns(messages, cfg.train_on)
     cursor = 0
     for i, msg in enumerate(messages):
-        is_trained = i in trained_turns(messages, cfg.train_on)
+        is_trained = i in to_train
         head = -1
-        if is_trained:
+        if is_trained and marked is None and i > 0:
             before = render(messages[:i], cfg, tokenizer, generation_prompt=True, tools=tools)
             head = len(before) if text.startswith(before) and len(before) >= cursor else -1
         first = None
@@ -171,7 +173,7 @@ def chat_segments(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
             if first is None and part != "prompt":
                 first = start
             cursor = end
-        if not is_trained:
+        if not is_trained or marked is not None:
             continue
         close = text.find(end_of_turn, cursor)
         if close < 0:
@@ -183,8 +185,7 @@ def chat_segments(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
                             "turns and the turn has no text of its own)")
         cursor = close + len(end_of_turn)
         trained.append((begin, cursor))
-    marked = generation_spans(messages, cfg, tokenizer, tools)
-    if marked is not None:  # the template marks what is trained ({% generation %}): its marks decide
+    if marked is not None:  # the template marks what is trained: its marks decide
         trained = marked[-1:] if cfg.train_on == "last_assistant" else marked
     if not trained:
         return [Segment(text, trained=False, plain=False)]
