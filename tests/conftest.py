@@ -136,3 +136,15 @@ def run_sft(command: str, *overrides: str, cwd: Path | None = None, timeout: int
         [sys.executable, "-m", "sft", command, *overrides],
         cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def local_lm_eval_tasks(root: Path) -> Path:
+    """tests/integration/lm_eval_tasks/*.yaml in root, their DATA replaced by records made from the demo's held-out
+    file (the instruction, input and output, plus the answer's product and sentiment fields)."""
+    from sft.config import resource_path
+
+    rows = [json.loads(line) for line in Path(resource_path("demo_eval.jsonl")).read_text().splitlines()]
+    data = write_jsonl(root / "demo.jsonl", [{**r, **json.loads(r["output"])} for r in rows])
+    for task in (REPO / "tests" / "integration" / "lm_eval_tasks").glob("*.yaml"):
+        (root / task.name).write_text(task.read_text().replace("test: DATA", f"test: {data}"))
+    return root

@@ -8,24 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_sft, write_jsonl
+from conftest import local_lm_eval_tasks, run_sft
 
-from sft.config import resource_path
 
 pytest.importorskip("lm_eval", reason="sft-bench needs lm-eval (pip install '.[bench]', done by scripts/setup.sh)")
-TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory: Any) -> Path:
-    """The task files with DATA replaced by records made from the demo's held-out file."""
-    root = tmp_path_factory.mktemp("tasks")
-    rows = [json.loads(line) for line in Path(resource_path("demo_eval.jsonl")).read_text().splitlines()]
-    data = write_jsonl(root / "demo.jsonl", [{**r, **json.loads(r["output"])} for r in rows])
-    for task in TASKS.glob("*.yaml"):
-        (root / task.name).write_text(task.read_text().replace("test: DATA", f"test: {data}"))
-    return root
+    return local_lm_eval_tasks(tmp_path_factory.mktemp("tasks"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import REPO, write_jsonl
+from conftest import REPO, local_lm_eval_tasks, write_jsonl
 
 pytestmark = pytest.mark.slurm
 CLUSTER = REPO / "scripts" / "slurm" / "local_cluster.sh"
@@ -175,6 +175,18 @@ def test_launcher_sweep_of_two_trainings_then_generation(
     assert sorted(r["instruction"] for r in rows) == sorted(f"say {w}" for w in WORDS[:5])
     assert all(isinstance(r["output"], str) and r["finish_reason"] in ("eos", "stop", "length") for r in rows)
     assert (out / "generation_config.json").is_file()
+
+    # sft-bench over both adapters on the launcher: one job each, one row per adapter in the sweep's table
+    pytest.importorskip("lm_eval", reason="sft-bench needs lm-eval (pip install '.[bench]')")
+    tasks = local_lm_eval_tasks(tmp_path)
+    bench_sweep = tmp_path / "bench"
+    bench = sft("bench", "-m", *LAUNCHER, f"adapter={sweep / '0'},{sweep / '1'}", "benchmark.tasks=[sft_demo_sentiment]",
+                f"benchmark.include_path={tasks}", "benchmark.limit=4", f"hydra.sweep.dir={bench_sweep}")
+    cluster += submitit_job_ids(bench_sweep) if (bench_sweep / ".submitit").is_dir() else []
+    assert bench.returncode == 0, (bench.stdout + bench.stderr)[-4000:]
+    rows = (bench_sweep / "benchmarks.md").read_text().splitlines()[2:]
+    assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == ["base", str(sweep / "0" / "adapter"),
+                                                                     str(sweep / "1" / "adapter")]
 
 
 def test_sbatch_single_gpu_script_trains(cluster: list[str], tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
