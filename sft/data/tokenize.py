@@ -13,6 +13,7 @@ shifted here; Hugging Face causal LMs shift them in the loss.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -194,20 +195,13 @@ def _truncate(ids: list[int], labels: list[int], max_len: int, keep_head: int) -
 def text_of(segs: list[Segment], eot: str, after_special: str = "", specials: tuple[str, ...] = ()) -> str:
     """The text the ids of segs must decode to. after_special: what decoding writes after each special token of
     the template (a space for Llama-2's legacy SentencePiece tokenizers, whose text after a special token starts
-    with the start-of-text mark)."""
-    text = "".join(s.text + (eot if s.end_of_turn else "") for s in segs)
-    if not after_special:
-        return text
-    out = []
-    for s in segs:
-        piece = s.text + (eot if s.end_of_turn else "")
-        if not s.plain:
-            for t in specials:
-                piece = piece.replace(t, t + "\0")
-        out.append(piece)
-    joined = "".join(out)
-    return joined.replace("\0", after_special).removesuffix(after_special) if joined.endswith("\0") else \
-        joined.replace("\0", after_special)
+    with the start-of-text mark); none after the last one."""
+    pieces = [s.text + (eot if s.end_of_turn else "") for s in segs]
+    if not (after_special and specials):
+        return "".join(pieces)
+    pattern = re.compile("|".join(map(re.escape, specials)))
+    text = "".join(p if s.plain else pattern.sub(lambda m: m.group(0) + after_special, p) for s, p in zip(segs, pieces))
+    return text.removesuffix(after_special) if "".join(pieces).endswith(specials) else text
 
 
 def render_mismatches(tokenizer: Any, ids_list: list[list[int]], texts: list[str]) -> list[int]:

@@ -61,8 +61,9 @@ def resolve_setup(cfg: GenerateRunConfig, given_data_keys: set[str] | None, item
     source = found.source
     data = data_for(source, cfg.data, cfg.split, given_data_keys)
     prompt = prompt_for(source, cfg.prompt)
-    for problem in messages_need_chat(data, prompt):
-        raise ConfigError(problem)
+    problems = messages_need_chat(data, prompt)
+    if problems:
+        raise ConfigError(problems[0])
     seed = source.run.seed(cfg.seed) if source and source.run else cfg.seed
     records = select_records(data, cfg.split, seed)
     limit = context_limit(found.model_path, found.model, cfg.generation, cfg.max_prompt_tokens)

@@ -44,7 +44,7 @@ def find_adapter(path: str) -> AdapterSource:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"adapter={path}: unreadable adapter_config.json ({e})") from None
     if run is not None:
-        run.config  # read now: a damaged config.yaml fails before anything loads
+        _ = run.config  # read now: a damaged config.yaml fails before anything loads
     return AdapterSource(adapter, run, base)
 
 
