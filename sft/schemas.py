@@ -44,8 +44,32 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class SourceConfig:
+    """One source of a mixture (data.sources). Settings left null take the data.* value of the same name."""
+
     path: str = MISSING  # .json (list) | .jsonl | .parquet | .csv file, or a Hub dataset name
+    name: str | None = None  # how the report, metrics (eval_loss/<name>) and errors call it; null = the file stem
+    # share of the mixture drawn from this source (relative to the other weights; data.mix_by: examples or tokens).
+    # Over 1 epoch's share repeats the source, under it draws a seeded subset; 0 = read and report it, train none
+    weight: float | None = None
+    epochs: float | None = None  # instead of a weight: this many passes over the source (null and no weight: 1)
+    max_records: int | None = None  # at most this many good records per split from this source
+    eval_path: str | None = None  # this source's held-out file
+    eval_fraction: float | None = None  # the share of this source held out (seeded, per record)
+    format: str | None = None
+    instruction_field: str | None = None
+    input_field: str | None = None
+    output_field: str | None = None
+    messages_field: str | None = None
+    tools_field: str | None = None
+    hub_config: str | None = None
+    split: str | None = None
+
+
+@dataclass
+class DataConfig:
+    # .json (list) | .jsonl | .parquet | .csv file, or a Hub dataset name; or null with data.sources
+    path: str | None = None
     hub_config: str | None = None  # Hub dataset subset (the `name` of datasets.load_dataset)
     split: str = "train"  # split to read from a Hub dataset
     format: str = "alpaca"  # alpaca: instruction/input/output columns; messages: a list of {role, content}
@@ -62,9 +86,22 @@ class DataConfig:
     packing: bool = False  # best-fit-decreasing packing of whole examples into rows of max_seq_len tokens
     train_on_source: bool = False  # true: the prompt is trained too (labels everywhere)
     on_bad_record: str = "error"  # error: stop at the first bad record | skip: drop, count and report them
+    # a mixture instead of data.path: [{path: a.jsonl, weight: 3}, {path: b.jsonl, weight: 1}] (see SourceConfig)
+    sources: list[SourceConfig] = field(default_factory=list)
+    mix_by: str = "examples"  # what a weight shares out: examples | tokens (all tokens of the drawn examples)
+    mix_size: int | None = None  # examples (or tokens) drawn by the weighted sources; null = as many as they hold
+    num_proc: int | None = None  # worker processes that tokenize; null = the cores this process may use
 
     def problems(self, key: str) -> list[str]:
         out = one_of(f"{key}.format", self.format, ("alpaca", "messages"))
+        out += one_of(f"{key}.mix_by", self.mix_by, ("examples", "tokens"))
+        if self.num_proc is not None and self.num_proc < 1:
+            out.append(f"{key}.num_proc={self.num_proc}: must be at least 1 or null")
+        if self.mix_size is not None and self.mix_size < 1:
+            out.append(f"{key}.mix_size={self.mix_size}: must be positive or null")
+        if not self.sources and not self.path:
+            out.append(f"{key}.path: give a data file or Hub dataset (or a mixture in {key}.sources)")
+        out += source_problems(self.sources, f"{key}.sources")
         out += one_of(f"{key}.truncation", self.truncation, ("drop", "truncate_source"))
         out += one_of(f"{key}.on_bad_record", self.on_bad_record, ("error", "skip"))
         if self.max_seq_len < 8:
@@ -74,6 +111,28 @@ class DataConfig:
         if self.max_records is not None and self.max_records < 1:
             out.append(f"{key}.max_records={self.max_records}: must be positive or null")
         return out
+
+
+def source_problems(sources: list[SourceConfig], key: str) -> list[str]:
+    out = []
+    for i, src in enumerate(sources):
+        here = f"{key}[{i}]"
+        if src.format is not None:
+            out += one_of(f"{here}.format", src.format, ("alpaca", "messages"))
+        if src.weight is not None and src.weight < 0:
+            out.append(f"{here}.weight={src.weight}: must be >= 0")
+        if src.weight is not None and src.epochs is not None:
+            out.append(f"{here}: give a weight or epochs, not both")
+        if src.epochs is not None and src.epochs <= 0:
+            out.append(f"{here}.epochs={src.epochs}: must be positive")
+        if src.eval_fraction is not None and not 0.0 <= src.eval_fraction < 1.0:
+            out.append(f"{here}.eval_fraction={src.eval_fraction}: must be in [0, 1)")
+        if src.max_records is not None and src.max_records < 1:
+            out.append(f"{here}.max_records={src.max_records}: must be positive or null")
+    weights = [s.weight for s in sources if s.weight is not None]
+    if weights and all(w == 0 for w in weights):
+        out.append(f"{key}: the weights are all 0; at least one must be positive")
+    return out
 
 
 @dataclass

@@ -28,7 +28,7 @@ class PaddedCollator:
             input_ids[i, :n] = torch.as_tensor(r["input_ids"])
             labels[i, :n] = torch.as_tensor(r["labels"])
             attention_mask[i, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        return with_source({"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}, rows)
 
 
 class PackedCollator:
@@ -39,7 +39,15 @@ class PackedCollator:
         out = {}
         for key in ("input_ids", "labels", "position_ids"):
             out[key] = torch.as_tensor([t for r in rows for t in r[key]], dtype=torch.long).unsqueeze(0)
-        return out
+        return with_source(out, rows)
+
+
+def with_source(batch: dict[str, torch.Tensor], rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Held-out rows carry the index of their source (per-source eval loss); evaluation takes it out of the batch
+    before the model sees it. A packed held-out row holds one source's examples only."""
+    if rows and "source" in rows[0]:
+        batch["source"] = torch.as_tensor([r["source"] for r in rows], dtype=torch.long)
+    return batch
 
 
 def make_collator(packing: bool, pad_id: int) -> PaddedCollator | PackedCollator:

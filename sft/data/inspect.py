@@ -53,6 +53,24 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                 f"{name} packing: {p['rows']} rows (lower bound {p['lower_bound_rows']}), "
                 f"efficiency {p['efficiency']:.2%}"
             )
+    sources = report.get("sources", {})
+    if len(sources) > 1:
+        lines += source_lines(sources, report.get("mix_by", "examples"))
     for problem in report.get("bad_examples", []):
         lines.append(f"skipped: {problem}")
+    return lines
+
+
+def source_lines(sources: dict[str, Any], mix_by: str) -> list[str]:
+    """One line per source of a mixture: what was read and kept, what the mixture drew, the share asked and got."""
+    lines = [f"mixture by {mix_by}:"]
+    for name, r in sources.items():
+        m, splits = r["mixture"], r["splits"]
+        asked = f"asked {m['share_asked']:.2%}, " if m.get("share_asked") is not None else ""
+        lines.append(
+            f"  {name} ({r['path']}): read {r['records_read']}, bad {r['bad_records']}, kept "
+            f"{splits.get('train', {}).get('kept', 0)} train / {splits.get('eval', {}).get('kept', 0)} eval; drew "
+            f"{m['drawn']} ({m['passes']:.2f} passes, {m['tokens']} tokens, {m['trained_tokens']} trained): share "
+            f"{asked}got {m['share_of_examples']:.2%} of examples, {m['share_of_tokens']:.2%} of tokens"
+            + ("" if r["cache"]["hit"] is False else " [cached]"))
     return lines

@@ -191,26 +191,48 @@ def _is_call(call: Any) -> bool:
     return isinstance(function, dict) and isinstance(function.get("name"), str)
 
 
+def iter_records(path: str, cfg: DataConfig, found: LoadResult, answers: bool = True) -> Iterator[Record]:
+    """Validated records one at a time (a file is read as it goes: .jsonl, .csv and Hub datasets never whole;
+    .json and .parquet are parsed whole); bad ones are counted in `found` (on_bad_record=skip) or stop the run."""
+    for index, (where, row) in enumerate(_raw_rows(path, cfg)):
+        try:
+            record = _record(index, row, where, cfg, answers)
+        except DataError as e:
+            if cfg.on_bad_record == "error":
+                raise
+            found.bad += 1
+            if len(found.bad_examples) < 5:
+                found.bad_examples.append(str(e))
+            continue
+        yield record
+
+
+def no_usable_records(path: str, found: LoadResult) -> DataError:
+    detail = f" ({found.bad} bad records skipped)" if found.bad else ""
+    return DataError(f"{path}: no usable records{detail}")
+
+
 def load_records(path: str, cfg: DataConfig, answers: bool = True, limit: int | None = None) -> LoadResult:
     """Validated records of a file or Hub dataset, the first `limit` good ones when given. answers=False: prompts
     only (sft-generate), so a record without an output (or a chat without an assistant turn) is valid; one that
     has it keeps it as reference."""
     result = LoadResult(records=[], source=path)
-    for index, (where, row) in enumerate(_raw_rows(path, cfg)):
-        try:
-            result.records.append(_record(index, row, where, cfg, answers))
-        except DataError as e:
-            if cfg.on_bad_record == "error":
-                raise
-            result.bad += 1
-            if len(result.bad_examples) < 5:
-                result.bad_examples.append(str(e))
+    for record in iter_records(path, cfg, result, answers):
+        result.records.append(record)
         if limit is not None and len(result.records) >= limit:
             break
     if not result.records:
-        detail = f" ({result.bad} bad records skipped)" if result.bad else ""
-        raise DataError(f"{path}: no usable records{detail}")
+        raise no_usable_records(path, result)
     return result
+
+
+def count_rows(path: str) -> int | None:
+    """How many rows a local .jsonl file has (its lines, counted fast), for a progress bar; None otherwise."""
+    p = Path(path).expanduser()
+    if not (is_local(path) and p.suffix.lower() == ".jsonl" and p.is_file()):
+        return None
+    with p.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
 
 
 def held_out_draw(record: Record, seed: int) -> float:

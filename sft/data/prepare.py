@@ -1,27 +1,31 @@
-"""The data pipeline in one call: records -> prompts -> masked tokens -> [packed rows] -> datasets + report.
+"""The data pipeline in one call: sources -> records -> prompts -> masked tokens -> mixture -> [packed] rows + report.
 
-Processed data is cached under a key that hashes everything the result depends on (data bytes, template,
-tokenizer, length and packing settings, seed, package version), so a changed input never reuses a stale cache.
+Each source is tokenized and cached on its own (sft.data.build, keyed by its files' bytes and its own settings);
+the mixture (sft.data.mix) is drawn from those and cached under a key of the source keys, the weights, the packing
+settings and the seed. Rows are Arrow files that every process memory-maps: no process holds them all.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
-from sft.data.load import Record, is_local, load_records, split_records
-from sft.data.packing import pack_examples, packing_stats
-from sft.data.chat import ChatError, chat_template
-from sft.data.prompts import build_segments, end_of_turn_token, render_prompt
-from sft.data.segments import Segment
-from sft.data.tokenize import TokenizeStats, tokenize_examples
+from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key, tokenizer_fingerprint  # noqa: F401
+from sft.data.chat import chat_template
+from sft.data.load import Record, iter_records  # noqa: F401
+from sft.data.mix import draw, mixture_report, write_eval, write_train
+from sft.data.prompts import end_of_turn_token
+from sft.data.sources import Source, resolve_sources
+from sft.data.tokenize import TokenizeStats
 from sft.errors import DataError
 from sft.io import cache_root, publish_dir, write_json_atomic
 
@@ -30,70 +34,35 @@ SPLITS = ("train", "eval")
 
 @dataclass
 class Prepared:
-    datasets: Any  # datasets.DatasetDict with "train" and, when held out, "eval"
+    datasets: Any  # datasets.DatasetDict with "train" and, when held out, "eval" (with a `source` column)
     report: dict[str, Any]
 
 
 def load_splits(data: DataConfig, seed: int) -> tuple[dict[str, list[Record]], dict[str, Any]]:
-    """Validated records per split, and what loading them found (for the report). data.max_records cuts each
-    split after the split is made, so the records held out do not depend on it."""
-    limit = data.max_records
-    split_here = not data.eval_path and data.eval_fraction > 0
-    main = load_records(data.path, data, limit=None if split_here else limit)
-    found: dict[str, Any] = {"records_read": len(main.records) + main.bad, "bad_records": main.bad}
-    if data.eval_path:
-        held = load_records(data.eval_path, data, limit=limit)
-        found["records_read"] += len(held.records) + held.bad
-        found["bad_records"] += held.bad
-        splits = {"train": main.records, "eval": held.records}
-        bad_examples = main.bad_examples + held.bad_examples
-    else:
-        train, held_out = split_records(main.records, data.eval_fraction, seed)
-        splits = {"train": train[:limit], "eval": held_out[:limit]}
-        bad_examples = main.bad_examples
-    found["bad_examples"] = bad_examples[:5]
+    """Validated records per split, of every source in order, as preparation splits them (data.max_records cuts
+    each split of each source after the split), and what loading them found."""
+    from sft.data.build import Records
+
+    splits: dict[str, list[Record]] = {"train": [], "eval": []}
+    found: dict[str, Any] = {"records_read": 0, "bad_records": 0, "bad_examples": []}
+    for source in resolve_sources(data):
+        forced: dict[int, str] | None = {}
+        while forced is not None:
+            records = Records(source.data, seed, forced)
+            got: dict[str, list[Record]] = {"train": [], "eval": []}
+            for split, _, chunk in records.chunks():
+                got[split] += chunk
+            forced = records.fix_up()
+        for split in splits:
+            splits[split] += got[split]
+        found["records_read"] += records.read
+        found["bad_records"] += records.found.bad
+        found["bad_examples"] = (found["bad_examples"] + records.found.bad_examples)[:5]
     return {k: v for k, v in splits.items() if v}, found
 
 
-def _file_digest(path: str, h: Any) -> None:
-    with open(Path(path).expanduser(), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    h = hashlib.sha256(type(tokenizer).__name__.encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
-    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
-    return h.hexdigest()
-
-
-# Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
-# contains "{input}" is kept as written; 3: \n, \t, \r, \\ in custom templates read as escapes; 4: the held-out
-# split decided per record from its content, max_records applied after it; 5: record text tokenized without
-# special-token parsing, chat turns located in one render, SentencePiece segments tokenized as in the whole text).
-ROWS_FORMAT = 5
-
-
-def cache_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:
-    h = hashlib.sha256()
-    for path in (data.path, data.eval_path):
-        if path and is_local(path) and Path(path).expanduser().is_file():
-            _file_digest(path, h)
-        h.update(f"|{path}|".encode())  # hub datasets: keyed by name, split and subset below
-    h.update(json.dumps(dataclasses.asdict(data), sort_keys=True).encode())
-    sample = {"id": 0, "instruction": "{instruction}", "input": "{input}", "output": ""}
-    templates = [render_prompt(sample, prompt, tokenizer), render_prompt({**sample, "input": ""}, prompt, tokenizer)]
-    h.update(json.dumps([dataclasses.asdict(prompt), templates], sort_keys=True).encode())
-    h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"|seed={seed}|version={sft.__version__}|rows={ROWS_FORMAT}".encode())
-    return h.hexdigest()[:24]
-
-
-def _split_report(stats: TokenizeStats, packed: dict[str, Any] | None) -> dict[str, Any]:
-    report = {
+def split_report(stats: TokenizeStats) -> dict[str, Any]:
+    return {
         "examples": stats.examples,
         "kept": stats.kept,
         "dropped": dict(stats.dropped),
@@ -103,14 +72,11 @@ def _split_report(stats: TokenizeStats, packed: dict[str, Any] | None) -> dict[s
         "boundary_mismatches": stats.boundary_mismatches,
         "eos_trained": {"ok": stats.eos_untrained == 0, "examples_without": stats.eos_untrained},
         "double_bos": stats.double_bos,
-        "render_mismatches": len(stats.render_mismatched),
+        "render_mismatches": stats.dropped.get("render_mismatch", 0),
         "render_unverified": stats.unverified,
         "trained_tokens_by_part": dict(stats.trained_by_part),
         "turns_trained": {str(k): v for k, v in sorted(stats.turns_trained.items())},
     }
-    if packed is not None:
-        report["packing"] = packed
-    return report
 
 
 def template_report(prompt: PromptConfig, tokenizer: Any, eot: str) -> dict[str, Any]:
@@ -121,83 +87,134 @@ def template_report(prompt: PromptConfig, tokenizer: Any, eot: str) -> dict[str,
     return out
 
 
-def segments_or_bad(records: list[Record], source: str, data: DataConfig, prompt: PromptConfig, tokenizer: Any,
-                    eot: str, found: dict[str, Any]) -> tuple[list[Record], list[list[Segment]]]:
-    """The records' segments; a conversation its template cannot be cut into turns is a bad record."""
-    kept, segments = [], []
-    for record in records:
+_TEMPORARY: list[str] = []
+
+
+def _scratch() -> Path:
+    """A directory for data prepared with cache=false, removed when the process exits."""
+    if not _TEMPORARY:
+        _TEMPORARY.append(tempfile.mkdtemp(prefix="sft-data-"))
+        atexit.register(shutil.rmtree, _TEMPORARY[0], True)
+    return Path(_TEMPORARY[0])
+
+
+def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: str, seed: int, use_cache: bool,
+                   num_proc: int, several: bool) -> tuple[Path, dict[str, Any]]:
+    """One source's entry (cached, or built now) and its report."""
+    key = source_key(source.data, prompt, tokenizer, seed)
+    entry = (cache_root() / "datasets" / f"src-{key}") if use_cache else _scratch() / f"src-{key}"
+    hit = use_cache and (entry / "report.json").is_file()
+
+    def write(tmp: Path) -> None:
         try:
-            segments.append(build_segments(record, prompt, tokenizer, eot))
-            kept.append(record)
-        except ChatError as e:
-            bad_record(f"{source}: record {record['id']}: {e}", data, found)
-    return kept, segments
+            found, stats = build_source(source, prompt, tokenizer, eot, seed, tmp, num_proc)
+        except DataError as e:
+            raise DataError(f"data source {source.name!r}: {e}" if several else str(e)) from None
+        found["splits"] = {split: split_report(s) for split, s in stats.items() if s.examples}
+        write_json_atomic(tmp / "report.json", found)
+
+    if not hit:
+        publish_dir(entry, write, marker="report.json")
+    report = json.loads((entry / "report.json").read_text())
+    report["cache"] = {"key": key, "hit": hit}
+    return entry, report
 
 
-def bad_record(problem: str, data: DataConfig, found: dict[str, Any]) -> None:
-    if data.on_bad_record == "error":
-        raise DataError(problem)
-    found["bad_records"] += 1
-    found["bad_examples"] = (found["bad_examples"] + [problem])[:5]
+def mixture_key(data: DataConfig, sources: list[Source], keys: list[str], seed: int) -> str:
+    h = hashlib.sha256(json.dumps({
+        "sources": [[s.name, k, s.weight, s.epochs] for s, k in zip(sources, keys)], "mix_by": data.mix_by,
+        "mix_size": data.mix_size, "packing": data.packing, "max_seq_len": data.max_seq_len, "seed": seed,
+        "version": sft.__version__, "rows": ROWS_FORMAT}, sort_keys=True).encode())
+    return h.hexdigest()[:24]
 
 
-def build(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> Prepared:
+def merged(reports: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
+    """One split's report summed over the sources."""
+    parts = [r["splits"][split] for r in reports if split in r["splits"]]
+    if not parts:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in parts[0].items():
+        if isinstance(value, dict) and key == "eos_trained":
+            out[key] = {"ok": all(p[key]["ok"] for p in parts), "examples_without": sum(p[key]["examples_without"] for p in parts)}
+        elif isinstance(value, dict):
+            total: dict[str, int] = {}
+            for p in parts:
+                for k, v in p[key].items():
+                    total[k] = total.get(k, 0) + v
+            out[key] = dict(sorted(total.items())) if key == "turns_trained" else total
+        else:
+            out[key] = sum(p[key] for p in parts)
+    return out
+
+
+def build_mixture(data: DataConfig, sources: list[Source], entries: list[Path], reports: list[dict[str, Any]],
+                  seed: int, directory: Path) -> dict[str, Any]:
+    trains = [open_split(e, "train") for e in entries]
+    evals = [open_split(e, "eval") for e in entries]
+    picks, asked = draw(sources, trains, data.mix_by, data.mix_size, seed)
+    if not sum(len(p) for p in picks):
+        dropped = {k: v for r in reports for k, v in r["splits"].get("train", {}).get("dropped", {}).items()}
+        raise DataError(f"{data.path or 'data.sources'}: no training example left after tokenization (dropped: {dropped})")
+    mix = mixture_report(sources, trains, picks, asked, data.mix_by)
+    packing = write_train(directory / "train.arrow", trains, picks, data.packing, data.max_seq_len, seed)
+    out: dict[str, Any] = {"mixture": mix, "packing": {"train": packing}}
+    if any(e is not None and len(e.lengths) for e in evals):
+        out["packing"]["eval"] = write_eval(directory / "eval.arrow", evals, data.packing, data.max_seq_len, seed)
+    return out
+
+
+def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, use_cache: bool = True) -> Prepared:
     import datasets
 
-    splits, found = load_splits(data, seed)
+    sources = resolve_sources(data)
     eot = end_of_turn_token(prompt, tokenizer)
-    report: dict[str, Any] = {"source": data.path, "template": prompt.name, **found, "splits": {}}
-    out = {}
-    for name, records in splits.items():
-        source = data.eval_path if name == "eval" and data.eval_path else data.path
-        records, segments = segments_or_bad(records, source, data, prompt, tokenizer, eot, found)
-        examples, _, stats = tokenize_examples(
-            segments, tokenizer, eot, data.max_seq_len, data.truncation, data.train_on_source
-        )
-        for k in stats.render_mismatched:
-            bad_record(f"{source}: record {records[k]['id']}: its tokens do not decode to the template's text "
-                       "(the tokenizer changes the text it is given)", data, found)
-        packed = None
-        if data.packing and examples:
-            rows = pack_examples(examples, data.max_seq_len, seed)
-            packed = packing_stats(rows, data.max_seq_len)
-            out[name] = datasets.Dataset.from_list(rows)
-        else:
-            out[name] = datasets.Dataset.from_list(examples)
-        report["splits"][name] = _split_report(stats, packed)
-    report.update(bad_records=found["bad_records"], bad_examples=found["bad_examples"],
-                  template_details=template_report(prompt, tokenizer, eot))
-    if "train" not in out or not len(out["train"]):
-        dropped = report["splits"].get("train", {}).get("dropped")
-        raise DataError(f"{data.path}: no training example left after tokenization (dropped: {dropped})")
-    return Prepared(datasets.DatasetDict(out), report)
+    num_proc = data.num_proc or cores()
+    built = [prepare_source(s, prompt, tokenizer, eot, seed, use_cache, num_proc, len(sources) > 1) for s in sources]
+    entries, reports = [e for e, _ in built], [r for _, r in built]
+    key = mixture_key(data, sources, [r["cache"]["key"] for r in reports], seed)
+    entry = (cache_root() / "datasets" / key) if use_cache else _scratch() / key
+    hit = use_cache and (entry / "report.json").is_file()
+    if not hit:
+        publish_dir(entry, lambda tmp: write_json_atomic(tmp / "report.json", build_mixture(
+            data, sources, entries, reports, seed, tmp)), marker="report.json")
+    mix = json.loads((entry / "report.json").read_text())
+    report = assemble_report(data, prompt, tokenizer, eot, sources, reports, mix)
+    report["cache"] = {"key": key, "hit": hit}
+    splits = {name: datasets.Dataset.from_file(str(entry / f"{name}.arrow"))
+              for name in SPLITS if (entry / f"{name}.arrow").is_file()}
+    return Prepared(datasets.DatasetDict(splits), report)
 
 
-def _write(prepared: Prepared, directory: Path) -> None:
-    prepared.datasets.save_to_disk(str(directory / "dataset"))
-    write_json_atomic(directory / "report.json", prepared.report)
+def assemble_report(data: DataConfig, prompt: PromptConfig, tokenizer: Any, eot: str, sources: list[Source],
+                    reports: list[dict[str, Any]], mix: dict[str, Any]) -> dict[str, Any]:
+    bad = [p for r in reports for p in r["bad_examples"]][:5]
+    report: dict[str, Any] = {
+        "source": data.path if not data.sources else [s.name for s in sources],
+        "template": prompt.name,
+        "records_read": sum(r["records_read"] for r in reports),
+        "bad_records": sum(r["bad_records"] for r in reports),
+        "bad_examples": bad,
+        "splits": {},
+    }
+    for split in SPLITS:
+        part = merged(reports, split)
+        if part is not None:
+            report["splits"][split] = part
+            if data.packing and split in mix["packing"]:
+                part["packing"] = mix["packing"][split]
+    report["sources"] = {r["name"]: {**r, "mixture": mix["mixture"][r["name"]]} for r in reports}
+    report["mix_by"] = data.mix_by
+    report["template_details"] = template_report(prompt, tokenizer, eot)
+    return report
 
 
 def load_prepared(directory: Path) -> Prepared:
+    """What sft-prepare wrote in `directory`: dataset/ and report.json."""
     import datasets
 
     report = json.loads((directory / "report.json").read_text())
     return Prepared(datasets.load_from_disk(str(directory / "dataset")), report)
-
-
-def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, use_cache: bool = True) -> Prepared:
-    key = cache_key(data, prompt, tokenizer, seed)
-    cached = cache_root() / "datasets" / key
-    if use_cache and (cached / "report.json").is_file():
-        prepared = load_prepared(cached)
-        prepared.report["cache"] = {"key": key, "hit": True}
-        return prepared
-    prepared = build(data, prompt, tokenizer, seed)
-    prepared.report["cache"] = {"key": key, "hit": False}
-    if use_cache:
-        # every torchrun rank prepares its data: on a cold cache they all publish the same entry at once
-        publish_dir(cached, lambda tmp: _write(prepared, tmp), marker="report.json")
-    return prepared
 
 
 def write_prepared(prepared: Prepared, out_dir: str) -> Path:

@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from sft.config import DataConfig, ModelConfig, PromptConfig
+from sft.schemas import SourceConfig
 from sft.errors import ConfigError
 from sft.io import differing_keys, flatten, write_json_atomic, write_text_atomic
 from sft.run.checkpoints import latest_checkpoint
@@ -101,7 +102,11 @@ class RunDir:
         return self.section("prompt", PromptConfig)
 
     def data(self) -> DataConfig | None:
-        return self.section("data", DataConfig)
+        data = self.section("data", DataConfig)
+        if data is not None and data.sources:
+            names = {f.name for f in dataclasses.fields(SourceConfig)}
+            data.sources = [SourceConfig(**{k: v for k, v in s.items() if k in names}) for s in data.sources]
+        return data
 
     def seed(self, default: int) -> int:
         return self.config.get("seed", default)

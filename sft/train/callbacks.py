@@ -63,6 +63,7 @@ class MetricsFile(TrainerCallback):
             return
         record = {"step": state.global_step}
         record.update({out: logs[key] for key, out in METRIC_KEYS.items() if key in logs})
+        record.update({key: value for key, value in logs.items() if key.startswith("eval_loss/")})  # per source
         if len(record) > 2:  # more than step and epoch: a real log line
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -84,7 +85,7 @@ class Progress(ProgressCallback):
             return
         if self.training_bar is None:
             if "eval_loss" in logs:
-                print(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+                print(eval_line(state.global_step, logs))
             return
         if "loss" in logs:
             self.training_bar.set_postfix(
@@ -92,4 +93,10 @@ class Progress(ProgressCallback):
                 tok_s=f"{logs.get('tokens_per_s', 0.0):.0f}", refresh=False,
             )
         if "eval_loss" in logs:
-            self.training_bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+            self.training_bar.write(eval_line(state.global_step, logs))
+
+
+def eval_line(step: int, logs: dict[str, Any]) -> str:
+    """`step 10: eval loss 1.2345 (alpaca 1.1000, chats 1.4000)`: the overall loss, then each source's."""
+    per_source = ", ".join(f"{k.removeprefix('eval_loss/')} {v:.4f}" for k, v in logs.items() if k.startswith("eval_loss/"))
+    return f"step {step}: eval loss {logs['eval_loss']:.4f}" + (f" ({per_source})" if per_source else "")

@@ -44,7 +44,11 @@ def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any
         train_dataset=splits["train"],
         eval_dataset=splits["eval"] if "eval" in splits else None,
         data_collator=make_collator(cfg.data.packing, tokenizer.pad_token_id),
+        source_names=list(prepared.report.get("sources", {})),
     )
+    sources = prepared.report.get("sources", {})
+    trainer.data_keys = {name: r["cache"]["key"] for name, r in sources.items()}
+    trainer.data_paths = {name: r["path"] for name, r in sources.items()}
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(Progress())
     trainer.add_callback(stopper)  # before LogAtCheckpoints, which logs at the checkpoint a preemption asks for
@@ -128,7 +132,7 @@ def prepare_run(cfg: TrainRunConfig, run: RunDir) -> tuple[Any, Prepared, Any]:
     from accelerate import PartialState
 
     tokenizer = load_tokenizer(cfg.model)
-    with PartialState().main_process_first():
+    with PartialState().local_main_process_first():  # one preparation per node; the other ranks memory-map it
         prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
     args = training_arguments(cfg.train, cfg.quant, cfg.seed, run.path, "eval" in prepared.datasets, cfg.model.dtype,
                               cfg.data.packing)

@@ -39,6 +39,9 @@ def summary_line(metrics: list[dict[str, Any]], seconds: float) -> str:
                      f"{evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
     elif evals:
         parts.append(f"eval loss {evals[0]['eval_loss']:.4f} (step {evals[0]['step']})")
+    if evals and any(k.startswith("eval_loss/") for k in evals[-1]):
+        parts.append("per source " + ", ".join(f"{k.removeprefix('eval_loss/')} {v:.4f}" for k, v in evals[-1].items()
+                                               if k.startswith("eval_loss/")))
     tokens = max((r.get("trained_tokens", 0) for r in metrics), default=0)
     parts.append(f"{tokens:,} trained tokens")
     parts.append(f"{seconds / 60:.1f} min")

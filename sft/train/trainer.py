@@ -76,23 +76,43 @@ def training_arguments(
     )
 
 
-def token_mean_loss(prediction: Any) -> dict[str, float]:
-    """compute_metrics of evaluation: predictions are per-row loss sums, label_ids per-row trained tokens."""
-    total, count = float(prediction.predictions.sum()), int(prediction.label_ids.sum())
-    return {"loss": total / count if count else float("nan"), "trained_tokens": count}
+class TokenMeanLoss:
+    """compute_metrics of evaluation: predictions are per-row [loss sum, source index], label_ids per-row trained
+    tokens. The loss is the mean per trained token over every held-out row; with several sources also each
+    source's own (`loss/<name>`, logged as eval_loss/<name>)."""
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        self.names = names or []
+
+    def __call__(self, prediction: Any) -> dict[str, float]:
+        import numpy as np
+
+        predictions = np.asarray(prediction.predictions).reshape(-1, 2)
+        sums, sources, counts = predictions[:, 0], predictions[:, 1].astype(int), np.asarray(prediction.label_ids)
+        total, count = float(sums.sum()), int(counts.sum())
+        out = {"loss": total / count if count else float("nan"), "trained_tokens": count}
+        if len(self.names) > 1:
+            for i, name in enumerate(self.names):
+                mine = sources == i
+                n = int(counts[mine].sum())
+                if n:
+                    out[f"loss/{name}"] = float(sums[mine].sum()) / n
+        return out
 
 
 class SftTrainer(AtomicCheckpointMixin, Trainer):
     """Trainer that counts trained tokens (for tokens/s and the metrics), evaluates the mean loss per trained
     token, and checkpoints atomically."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("compute_metrics", token_mean_loss)
+    def __init__(self, *args: Any, source_names: list[str] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("compute_metrics", TokenMeanLoss(source_names))
         super().__init__(*args, **kwargs)
         self.trained_tokens = 0
         self._tokens_at_last_log = 0
         self._time_at_last_log: float | None = None  # set when the first step starts: setup is not timed
         self._own_loss: bool | None = None  # decided on the first micro-batch (check_loss)
+        self.data_keys: dict[str, str] = {}  # source name -> cache key of its examples (checked on resume)
+        self.data_paths: dict[str, str] = {}
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         if self._time_at_last_log is None:
@@ -147,14 +167,19 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None) -> tuple[None, Any, Any]:
-        """Evaluation: (no batch loss, per-row loss sums, per-row trained-token counts); the evaluation loop
-        gathers them across ranks (dropping the rows that even out the shards) and token_mean_loss divides."""
+        """Evaluation: (no batch loss, per-row [loss sum, source], per-row trained-token counts); the evaluation loop
+        gathers them across ranks (dropping the rows that even out the shards) and TokenMeanLoss divides."""
         import torch
 
         inputs = self._prepare_inputs(inputs)
+        source = inputs.pop("source", None)
         with torch.no_grad(), self.compute_loss_context_manager():
             sums, counts = trained_loss_per_row(model, inputs)
-        return None, sums, counts
+        if source is None:
+            source = torch.zeros_like(counts)
+        if len(source) != len(sums):  # packed: one flattened row of (batch size 1) held-out rows of one source
+            source = source[:1].expand(len(sums))
+        return None, torch.stack([sums, source.to(sums.dtype)], dim=1), counts
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """As Trainer.evaluate; the time it takes is left out of the next tokens/s."""
@@ -175,13 +200,22 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         super().log(logs, start_time)
 
     def sft_state(self) -> dict[str, Any]:
-        return {"trained_tokens": self.trained_tokens, "world_size": self.args.world_size}
+        return {"trained_tokens": self.trained_tokens, "world_size": self.args.world_size, "data": self.data_keys}
 
     def restore_sft_state(self, state: dict[str, Any], where: str = "the checkpoint") -> None:
         """Refuses another number of processes: each rank's shard of the data, the position to resume from in
-        it, the rows per step and the per-rank RNG states all depend on it."""
+        it, the rows per step and the per-rank RNG states all depend on it. Refuses changed data: the rows to resume
+        from would be other rows."""
         saved = state.get("world_size")
         if saved is not None and saved != self.args.world_size:
             raise ConfigError(f"{where} was written by {saved} processes and this run has {self.args.world_size}: "
                               f"resume it with {saved} (torchrun --nproc-per-node, or the Slurm job's GPUs)")
+        for name, key in (state.get("data") or {}).items():
+            if name not in self.data_keys:
+                raise ConfigError(f"{where} was trained with data source {name!r}, which this run does not have: "
+                                  "resume with the same data.sources (or start a new run in another out_dir)")
+            if self.data_keys[name] != key:
+                raise ConfigError(f"data source {name!r} ({self.data_paths.get(name)}) is not the data {where} was "
+                                  "trained on (its records or their preparation changed): resuming would continue on "
+                                  "other rows; restore the file, or start a new run in another out_dir")
         self.trained_tokens = self._tokens_at_last_log = int(state.get("trained_tokens", 0))

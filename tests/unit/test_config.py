@@ -26,6 +26,8 @@ def compose_with(primary: str, overrides: list[str], hydra_cfg: bool = False):
 def check_complete(cfg) -> None:
     """Turn a composed config into its schema, when nothing is left for the user to fill in (???)."""
     cfg.out_dir = "/tmp/unused"  # normally ${hydra:runtime.output_dir}, which exists only inside a run
+    if "data" in cfg and cfg.data.path is None and not cfg.data.sources:
+        cfg.data.path = "/tmp/unused.jsonl"  # data=alpaca and data=messages leave the file to the user
     if not OmegaConf.missing_keys(cfg):
         typed(cfg)
 
@@ -53,7 +55,8 @@ def test_group_file_composes(path):
             continue  # experiments record training runs
         if group != "experiment" and group.split("/")[0] not in compose_with(primary, []):
             continue  # this primary has no such group
-        check_complete(compose_with(primary, [override]))
+        extra = ["prompt=chat"] if str(path) == "data/messages.yaml" else []  # conversations need a chat template
+        check_complete(compose_with(primary, [override, *extra]))
         composed += 1
     assert composed, f"no primary config uses {path}"
 

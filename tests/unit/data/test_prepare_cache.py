@@ -61,7 +61,9 @@ def test_ranks_preparing_at_once_on_a_cold_cache_all_succeed(char_tokenizer: Any
     assert not errors, errors
     assert [r.report["cache"]["hit"] for r in results] == [False, False]
     entries = list((tmp_path / "cache" / "datasets").iterdir())
-    assert [e.name.startswith(".tmp-") for e in entries] == [False]  # one entry, no temporary left behind
+    # one entry for the source's examples, one for the rows drawn from it; no temporary left behind
+    assert sorted(e.name.startswith("src-") for e in entries) == [False, True]
+    assert not any(e.name.startswith(".tmp-") for e in entries)
     again = prepare(data, PROMPT, char_tokenizer, seed=0)
     assert again.report["cache"]["hit"] and rows(again) == rows(results[0]) == rows(results[1])
 

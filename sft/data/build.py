@@ -1,0 +1,363 @@
+"""One source -> its tokenized examples on disk, in bounded memory, with worker processes.
+
+The main process reads and validates records one at a time, decides each record's side of the held-out split
+(sft.data.load.held_out_draw) and hands chunks of CHUNK records to `num_proc` worker processes, which build the
+segments and tokenize them (sft.data.tokenize). Chunks come back in order and are appended to flat int32 files
+(`<split>.ids`, `<split>.labels`) with each example's length, trained tokens and record id beside them, so no
+process holds all tokens, and the result is the same, bit for bit, whatever the number of workers.
+
+A source entry lives in the cache under its own key (its files' bytes and its own settings, never the weights of a
+mixture), so a changed mixture reuses every source it keeps.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+import sft
+from sft.config import DataConfig, PromptConfig
+from sft.data.chat import ChatError
+from sft.data.load import LoadResult, Record, count_rows, held_out_draw, is_local, iter_records, no_usable_records
+from sft.data.prompts import build_segments, render_prompt
+from sft.data.sources import Source
+from sft.data.tokenize import TokenizeStats, tokenize_examples
+from sft.errors import DataError
+
+CHUNK = 1000  # records per task a worker tokenizes
+BAR_FROM = 20_000  # records: shorter preparations show no progress bar
+
+# Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
+# contains "{input}" is kept as written; 3: \n, \t, \r, \\ in custom templates read as escapes; 4: the held-out
+# split decided per record from its content, max_records applied after it; 5: record text tokenized without
+# special-token parsing, chat turns located in one render, SentencePiece segments tokenized as in the whole text;
+# 6: each source prepared on its own, int32 token files, mixtures drawn from them).
+ROWS_FORMAT = 6
+
+
+def _file_digest(path: str, h: Any) -> None:
+    with open(Path(path).expanduser(), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    return h.hexdigest()
+
+
+# the data settings the tokenized examples of a source do not depend on (they shape the mixture or the rows)
+NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing")
+
+
+def source_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:
+    """The cache key of one source's examples: its files' bytes, its settings, the template, the tokenizer, the
+    seed (it draws the held-out split) and the rows' format."""
+    h = hashlib.sha256()
+    for path in (data.path, data.eval_path):
+        if path and is_local(path) and Path(path).expanduser().is_file():
+            _file_digest(path, h)
+        h.update(f"|{path}|".encode())  # hub datasets: keyed by name, split and subset below
+    settings = {k: v for k, v in dataclasses.asdict(data).items() if k not in NOT_IN_SOURCE_KEY}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    sample = {"id": 0, "instruction": "{instruction}", "input": "{input}", "output": ""}
+    templates = [render_prompt(sample, prompt, tokenizer), render_prompt({**sample, "input": ""}, prompt, tokenizer)]
+    h.update(json.dumps([dataclasses.asdict(prompt), templates], sort_keys=True).encode())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(f"|seed={seed}|version={sft.__version__}|rows={ROWS_FORMAT}".encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class Chunk:
+    """What a worker gives back for one chunk of one split."""
+
+    ids: np.ndarray  # int32, every kept example's input_ids one after another
+    labels: np.ndarray  # int32, the same positions
+    lengths: np.ndarray  # int32 per kept example
+    trained: np.ndarray  # int32 per kept example: trained tokens
+    records: np.ndarray  # int64 per kept example: the record id (position in its file)
+    stats: TokenizeStats
+    problems: list[str] = field(default_factory=list)  # bad records, in record order
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer: Any, prompt: PromptConfig, data: DataConfig, eot: str) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # each worker is one core's worth already
+    _WORKER.update(tokenizer=tokenizer, prompt=prompt, data=data, eot=eot)
+
+
+def _worker_chunk(task: tuple[str, list[Record]]) -> Chunk:
+    w = _WORKER
+    return tokenize_chunk(task[0], task[1], w["data"], w["prompt"], w["tokenizer"], w["eot"])
+
+
+def tokenize_chunk(where: str, records: list[Record], data: DataConfig, prompt: PromptConfig, tokenizer: Any,
+                   eot: str) -> Chunk:
+    """Segments, tokens and masks of a chunk; records its template cannot cut into turns, and rows whose tokens
+    do not give their text, are problems (the main process stops at the first one, or counts them)."""
+    problems, kept, segments = [], [], []
+    for record in records:
+        try:
+            segments.append(build_segments(record, prompt, tokenizer, eot))
+            kept.append(record)
+        except ChatError as e:
+            problems.append(f"{where}: record {record['id']}: {e}")
+    examples, index, stats = tokenize_examples(segments, tokenizer, eot, data.max_seq_len, data.truncation,
+                                               data.train_on_source)
+    for k in stats.render_mismatched:
+        problems.append(f"{where}: record {kept[k]['id']}: its tokens do not decode to the template's text "
+                        "(the tokenizer changes the text it is given)")
+    stats.render_mismatched = []
+    lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int32, count=len(examples))
+    flat = lambda key: np.fromiter((t for e in examples for t in e[key]), dtype=np.int32, count=int(lengths.sum()))
+    return Chunk(flat("input_ids"), flat("labels"), lengths,
+                 np.fromiter((sum(t != -100 for t in e["labels"]) for e in examples), dtype=np.int32, count=len(examples)),
+                 np.array([kept[i]["id"] for i in index], dtype=np.int64), stats, problems)
+
+
+def merge_stats(total: TokenizeStats, part: TokenizeStats) -> None:
+    for f in dataclasses.fields(TokenizeStats):
+        a, b = getattr(total, f.name), getattr(part, f.name)
+        if isinstance(a, collections.Counter):
+            a.update(b)
+        elif isinstance(a, int):
+            setattr(total, f.name, a + b)
+
+
+class SplitWriter:
+    """Appends chunks of one split to its files in a source entry."""
+
+    def __init__(self, directory: Path, split: str) -> None:
+        self.directory, self.split = directory, split
+        self.ids = open(directory / f"{split}.ids", "wb")
+        self.labels = open(directory / f"{split}.labels", "wb")
+        self.meta: dict[str, list[np.ndarray]] = {"lengths": [], "trained": [], "records": []}
+        self.stats = TokenizeStats()
+
+    def add(self, chunk: Chunk) -> None:
+        chunk.ids.tofile(self.ids)
+        chunk.labels.tofile(self.labels)
+        for key in self.meta:
+            self.meta[key].append(getattr(chunk, key))
+        merge_stats(self.stats, chunk.stats)
+
+    def close(self) -> TokenizeStats:
+        self.ids.close()
+        self.labels.close()
+        dtypes = {"lengths": np.int32, "trained": np.int32, "records": np.int64}
+        for key, parts in self.meta.items():
+            np.save(self.directory / f"{self.split}.{key}.npy",
+                    np.concatenate(parts) if parts else np.zeros(0, dtype=dtypes[key]))
+        return self.stats
+
+
+@dataclass
+class SourceSplit:
+    """One split of a prepared source, memory-mapped: example i is ids[offsets[i]:offsets[i + 1]]."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    lengths: np.ndarray
+    trained: np.ndarray
+    records: np.ndarray
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+
+
+def open_split(directory: Path, split: str) -> SourceSplit | None:
+    if not (directory / f"{split}.lengths.npy").is_file():
+        return None
+    meta = {k: np.load(directory / f"{split}.{k}.npy") for k in ("lengths", "trained", "records")}
+    flat = []
+    for kind in ("ids", "labels"):
+        path = directory / f"{split}.{kind}"
+        flat.append(np.memmap(path, dtype=np.int32, mode="r") if path.stat().st_size else np.zeros(0, np.int32))
+    return SourceSplit(flat[0], flat[1], **meta)
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+class Records:
+    """The records of a source by split, read as they go: max_records cuts each split after the split is made,
+    and at least one record lands on each side of a held-out fraction (the one with the lowest or highest draw)."""
+
+    def __init__(self, data: DataConfig, seed: int, forced: dict[int, str] | None = None) -> None:
+        self.data, self.seed, self.forced = data, seed, forced or {}
+        self.found = LoadResult(records=[], source=data.path or "")
+        self.read = 0  # records read from the files, good and bad
+        self.counts = {"train": 0, "eval": 0}
+        self.extreme: dict[str, tuple[float, int]] = {}  # train: lowest draw, eval: highest (for the fix-up)
+
+    def chunks(self) -> Iterator[tuple[str, str, list[Record]]]:
+        """(split, file, records) in file order, CHUNK records at a time."""
+        data, limit = self.data, self.data.max_records
+        if data.eval_path:
+            yield from self._file(data.path, lambda r: "train", limit, ("train",))
+            yield from self._file(data.eval_path, lambda r: "eval", limit, ("eval",))
+            return
+        fraction = data.eval_fraction
+        if fraction <= 0:
+            yield from self._file(data.path, lambda r: "train", limit, ("train",))
+            return
+
+        def side(record: Record) -> str:
+            if record["id"] in self.forced:
+                return self.forced[record["id"]]
+            u = held_out_draw(record, self.seed)
+            split = "eval" if u < fraction else "train"
+            best = self.extreme.get(split)
+            if best is None or (u < best[0] if split == "train" else u > best[0]):
+                self.extreme[split] = (u, record["id"])
+            return split
+
+        yield from self._file(data.path, side, limit, ("train", "eval"))
+
+    def _file(self, path: str, side: Any, limit: int | None, feeds: tuple[str, ...]
+              ) -> Iterator[tuple[str, str, list[Record]]]:
+        found = LoadResult(records=[], source=path)
+        pending: dict[str, list[Record]] = {"train": [], "eval": []}
+        good = 0
+        for record in iter_records(path, self.data, found):
+            good += 1
+            split = side(record)
+            if limit is not None and self.counts[split] >= limit:
+                if all(self.counts[s] >= limit for s in feeds):
+                    break
+                continue
+            self.counts[split] += 1
+            pending[split].append(record)
+            if len(pending[split]) >= CHUNK:
+                yield split, path, pending[split]
+                pending[split] = []
+        for split, records in pending.items():
+            if records:
+                yield split, path, records
+        self.read += good + found.bad
+        self.found.bad += found.bad
+        self.found.bad_examples = (self.found.bad_examples + found.bad_examples)[:5]
+        if not good:
+            raise no_usable_records(path, found)
+
+    def fix_up(self) -> dict[int, str] | None:
+        """The forced sides of a second pass when one side of a held-out fraction came out empty, else None."""
+        if self.data.eval_path or self.data.eval_fraction <= 0 or sum(self.counts.values()) < 2:
+            return None
+        for empty, other in (("eval", "train"), ("train", "eval")):
+            if not self.counts[empty] and other in self.extreme:
+                return {**self.forced, self.extreme[other][1]: empty}
+        return None
+
+
+def _progress(total: int | None, name: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=0, unit=" records", desc=f"preparing {name}", dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
+def build_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: str, seed: int, directory: Path,
+                 num_proc: int) -> tuple[dict[str, Any], dict[str, TokenizeStats]]:
+    """Tokenize one source into `directory` (train and eval files); returns what reading it found (records read,
+    bad records) and the tokenization stats of each split."""
+    forced: dict[int, str] | None = {}
+    while forced is not None:
+        records = Records(source.data, seed, forced)
+        stats = _tokenize_all(records, source, prompt, tokenizer, eot, directory, num_proc)
+        forced = records.fix_up()
+    found = {"name": source.name, "path": source.data.path, "eval_path": source.data.eval_path,
+             "records_read": records.read, "bad_records": records.found.bad,
+             "bad_examples": records.found.bad_examples}
+    return found, stats
+
+
+def _tokenize_all(records: Records, source: Source, prompt: PromptConfig, tokenizer: Any, eot: str, directory: Path,
+                  num_proc: int) -> dict[str, TokenizeStats]:
+    writers = {split: SplitWriter(directory, split) for split in ("train", "eval")}
+    total = count_rows(source.data.path) if source.data.path else None
+    bar, done, started = None, 0, time.perf_counter()
+
+    def take(split: str, chunk: Chunk, n: int) -> None:
+        nonlocal bar, done
+        for problem in chunk.problems:
+            if source.data.on_bad_record == "error":
+                raise DataError(problem)
+            records.found.bad += 1
+            records.found.bad_examples = (records.found.bad_examples + [problem])[:5]
+        writers[split].add(chunk)
+        done += n
+        if bar is None and done >= BAR_FROM:
+            bar = _progress(total, source.name)
+            bar.update(done)
+        elif bar is not None:
+            bar.update(n)
+            bar.set_postfix_str(f"{done / (time.perf_counter() - started):,.0f} records/s", refresh=False)
+
+    tasks = records.chunks()
+    head = []  # a few chunks first: short sources are tokenized here, without starting workers
+    for task in tasks:
+        head.append(task)
+        if len(head) > 2 * num_proc:
+            break
+    try:
+        if num_proc <= 1 or len(head) <= 2 * num_proc:
+            for split, where, chunk in _chain(head, tasks):
+                take(split, tokenize_chunk(where, chunk, source.data, prompt, tokenizer, eot), len(chunk))
+        else:
+            _in_workers(_chain(head, tasks), num_proc, (tokenizer, prompt, source.data, eot), take)
+    finally:
+        if bar is not None:
+            bar.close()
+        stats = {split: w.close() for split, w in writers.items()}
+    return stats
+
+
+def _chain(head: list, rest: Iterator) -> Iterator:
+    yield from head
+    yield from rest
+
+
+def _in_workers(tasks: Iterator[tuple[str, str, list[Record]]], num_proc: int, init: tuple, take: Any) -> None:
+    """Chunks through a pool of spawned workers, at most 2 per worker in flight (the reader never runs ahead of
+    the tokenizers by more), taken back in order."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(num_proc, initializer=_init_worker, initargs=init)
+    try:
+        pending: collections.deque = collections.deque()
+        for split, where, chunk in tasks:
+            pending.append((split, len(chunk), pool.apply_async(_worker_chunk, ((where, chunk),))))
+            if len(pending) >= 2 * num_proc:
+                split_, n, result = pending.popleft()
+                take(split_, result.get(), n)
+        while pending:
+            split_, n, result = pending.popleft()
+            take(split_, result.get(), n)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
