@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""python benchmarks/bench_prepare.py ../shared/data/alpaca_en_demo.json  -- prints JSON figures.
+"""Two modes; each prints one JSON object.
 
+In-process mode: `python benchmarks/bench_prepare.py ../shared/data/alpaca_en_demo.json`
 1. Preprocessing throughput (examples/s, tokens/s) of our pipeline (prompts -> segment tokenization ->
    masking, boundary check included) against the original Alpaca `preprocess` algorithm, re-implemented here:
    tokenize source+target and source one string at a time (return_tensors="pt", padding="longest"), mask the
@@ -10,18 +11,36 @@
    against padding to the longest example in batches of 8, on the same examples; and how far our row count is
    from the lower bound ceil(tokens / max_seq_len).
 Runs on the embedded SmolLM2 tokenizer (CPU).
+
+Scale mode: `python benchmarks/bench_prepare.py --records N [--chat-records M] [--old-repo DIR] [--num-proc 1,2]
+[--source ../shared/data/alpaca_en_demo.json] [--work DIR]`
+Writes N distinct Alpaca records (and M multi-turn chat records, 2-3 exchanges each) built from --source into
+.jsonl files, streaming, then runs `python -m sft prepare ... data.packing=true data.max_seq_len=2048 cache=false`
+in a subprocess per --num-proc value (and, with --old-repo, that older checkout's single-process preparation of
+the alpaca file, for N <= 200,000), each with a fresh SFT_CACHE_DIR. Per run: wall seconds, records/s, peak RSS
+of the process tree (the sum over the main process and its descendants, sampled every 0.1 s: pages shared by
+several processes, such as memory-mapped Arrow files, count once per process) and of its largest process, bytes
+of Arrow written, and a sha256 of the rows (input_ids, labels, position_ids as int64), which must be equal
+across runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import itertools
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
+import psutil
 import torch
 
 from sft.config import DataConfig, ModelConfig, PromptConfig
@@ -87,12 +106,7 @@ def padded_efficiency(lengths: list[int], batch: int = 8) -> float:
     return sum(lengths) / slots
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", help="Alpaca-format JSON file (e.g. ../shared/data/alpaca_en_demo.json)")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
+def in_process_benchmark(args: argparse.Namespace) -> dict:
     tokenizer = load_tokenizer(ModelConfig())
     records = load_records(args.data, DataConfig(path=args.data)).records
     n = len(records)
@@ -130,6 +144,171 @@ def main() -> None:
             "lower_bound_efficiency": s.total_tokens / (packed["lower_bound_rows"] * max_len),
             "padded_batch8_efficiency": padded_efficiency([len(e["input_ids"]) for e in kept]),
         }
+    return result
+
+
+
+
+REPO = Path(__file__).resolve().parents[1]
+OLD_PATH_MAX_RECORDS = 200_000  # the old code holds every record and example in memory
+COLUMNS = ("input_ids", "labels", "position_ids")
+
+
+def write_alpaca(source: list[dict], n: int, path: Path) -> None:
+    """n records cycling through `source`, each instruction made distinct, one JSON line at a time."""
+    with path.open("w") as f:
+        for i, r in zip(range(n), itertools.cycle(source)):
+            f.write(json.dumps({**r, "instruction": f"{r['instruction']} (variant {i})"}) + "\n")
+
+
+def write_chat(source: list[dict], n: int, path: Path) -> None:
+    """n conversations of 2 or 3 user/assistant exchanges, each made of consecutive records of `source`."""
+    records = itertools.cycle(source)
+    with path.open("w") as f:
+        for i in range(n):
+            messages = []
+            for turn, r in enumerate(itertools.islice(records, 2 + i % 2)):
+                question = f"{r['instruction']}\n\n{r['input']}" if r["input"] else r["instruction"]
+                messages += [{"role": "user", "content": f"(chat {i}, turn {turn}) {question}"},
+                             {"role": "assistant", "content": r["output"]}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+
+
+def tree_rss(root: psutil.Process) -> tuple[int, int]:
+    """(sum, largest) RSS in bytes over `root` and its descendants now."""
+    sizes = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            sizes.append(proc.memory_info().rss)
+        except psutil.Error:  # exited between listing and reading
+            pass
+    return sum(sizes), max(sizes, default=0)
+
+
+def run_prepare(cmd: list[str], cwd: Path, env: dict[str, str], log_dir: Path) -> dict:
+    """Run one preparation; wall seconds and peak RSS (tree sum, largest process). Exits showing its stderr
+    when it fails."""
+    log_dir.mkdir(parents=True)
+    with (log_dir / "stdout").open("w") as out, (log_dir / "stderr").open("w") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
+        root, peak_sum, peak_one = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            total, largest = tree_rss(root)
+            peak_sum, peak_one = max(peak_sum, total), max(peak_one, largest)
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"failed (exit {proc.returncode}): {' '.join(cmd)}\n{(log_dir / 'stderr').read_text()}")
+    return {"wall_s": round(wall, 3), "peak_rss_tree_mb": round(peak_sum / 2**20, 1),
+            "peak_rss_largest_process_mb": round(peak_one / 2**20, 1)}
+
+
+def rows_sha256(dataset_dir: Path) -> tuple[str, dict[str, int]]:
+    """sha256 over every row of train then eval, in order: each column's row lengths and values as int64
+    little-endian (int32 or int64 storage hash the same); and the rows per split."""
+    import datasets
+
+    h, rows = hashlib.sha256(), {}
+    splits = datasets.load_from_disk(str(dataset_dir))
+    for split in ("train", "eval"):
+        if split not in splits:
+            continue
+        ds = splits[split].select_columns([c for c in COLUMNS if c in splits[split].column_names])
+        h.update(f"|{split}|{','.join(ds.column_names)}|".encode())
+        for batch in ds.with_format("numpy").iter(batch_size=1000):
+            for column in ds.column_names:
+                values = batch[column]
+                h.update(np.array([len(v) for v in values], dtype="<i8").tobytes())
+                h.update(np.concatenate(list(values)).astype("<i8").tobytes())
+        rows[split] = len(ds)
+    return h.hexdigest(), rows
+
+
+def arrow_bytes(dataset_dir: Path) -> int:
+    return sum(f.stat().st_size for f in dataset_dir.rglob("*.arrow"))
+
+
+def measured_run(name: str, overrides: list[str], records: int, work: Path, repo: Path | None = None) -> dict:
+    """One `python -m sft prepare` run in its own directory and cache; this repo's code unless `repo`."""
+    run_dir = work / name
+    env = {**os.environ, "SFT_CACHE_DIR": tempfile.mkdtemp(prefix="cache-", dir=work)}
+    if repo is not None:
+        env["PYTHONPATH"] = str(repo)
+    cmd = [sys.executable, "-m", "sft", "prepare", *overrides, "data.packing=true", "data.max_seq_len=2048",
+           "cache=false", f"out_dir={run_dir / 'out'}", f"hydra.run.dir={run_dir / 'hydra'}"]
+    result = run_prepare(cmd, repo or REPO, env, run_dir / "logs")
+    result["records_per_s"] = round(records / result["wall_s"], 1)
+    result["arrow_bytes"] = arrow_bytes(run_dir / "out" / "dataset")
+    result["rows_sha256"], result["rows"] = rows_sha256(run_dir / "out" / "dataset")
+    report = json.loads((run_dir / "out" / "report.json").read_text())
+    result["total_tokens"] = sum(s["total_tokens"] for s in report["splits"].values())
+    return result
+
+
+def imported_from(repo: Path) -> dict[str, str]:
+    """Where a subprocess with PYTHONPATH=repo, cwd=repo imports `sft` (and its Hydra configs) from."""
+    code = "import sft, sft.conf; print(sft.__file__); print(sft.conf.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                         capture_output=True, text=True, check=True).stdout.split()
+    return {"sft": out[0], "sft.conf": out[1]}
+
+
+def compare(runs: dict[str, dict], num_procs: list[int], records: int) -> dict:
+    """Runs, speedups over num_proc=1 and whether every run gave the num_proc=1 rows."""
+    out: dict = {"records": records, "runs": runs}
+    base = runs.get("new_num_proc_1")
+    for k in num_procs:
+        if base and k != 1:
+            out[f"speedup_{k}_vs_1"] = round(base["wall_s"] / runs[f"new_num_proc_{k}"]["wall_s"], 3)
+    hashes = {r["rows_sha256"] for r in runs.values() if "rows_sha256" in r}
+    out["same_rows"] = len(hashes) == 1
+    return out
+
+
+def scale_benchmark(args: argparse.Namespace) -> dict:
+    num_procs = [int(k) for k in args.num_proc.split(",")]
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    source = json.loads(Path(args.source).read_text())
+    result: dict = {"cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+                    "load_average_start": os.getloadavg(), "work": str(work)}
+    alpaca = work / "alpaca.jsonl"
+    write_alpaca(source, args.records, alpaca)
+    runs = {f"new_num_proc_{k}": measured_run(f"alpaca-np{k}", ["data=alpaca", f"data.path={alpaca}",
+            f"data.num_proc={k}"], args.records, work) for k in num_procs}
+    if args.old_repo and args.records > OLD_PATH_MAX_RECORDS:
+        runs["old_single_process"] = {"skipped": f"more than {OLD_PATH_MAX_RECORDS} records"}
+    elif args.old_repo:
+        old = Path(args.old_repo).resolve()
+        runs["old_single_process"] = {"imported_from": imported_from(old), **measured_run(
+            "alpaca-old", ["data=alpaca", f"data.path={alpaca}"], args.records, work, repo=old)}
+    result["alpaca"] = compare(runs, num_procs, args.records)
+    if args.chat_records:
+        chat = work / "chat.jsonl"
+        write_chat(source, args.chat_records, chat)
+        runs = {f"new_num_proc_{k}": measured_run(f"chat-np{k}", ["data=messages", "prompt=chat",
+                f"data.path={chat}", f"data.num_proc={k}"], args.chat_records, work) for k in num_procs}
+        result["chat"] = compare(runs, num_procs, args.chat_records)
+    result["load_average_end"] = os.getloadavg()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("data", nargs="?", help="in-process mode: an Alpaca-format JSON file")
+    parser.add_argument("--repeats", type=int, default=3, help="in-process mode: timing repeats")
+    parser.add_argument("--records", type=int, help="scale mode: alpaca records to generate and prepare")
+    parser.add_argument("--chat-records", type=int, default=0, help="scale mode: chat records too")
+    parser.add_argument("--old-repo", help="scale mode: a checkout of older code (no data.num_proc) to compare")
+    parser.add_argument("--num-proc", default="1,2", help="scale mode: data.num_proc values, comma-separated")
+    parser.add_argument("--source", default=str(REPO.parent / "shared/data/alpaca_en_demo.json"),
+                        help="scale mode: the records to cycle through")
+    parser.add_argument("--work", help="scale mode: where the data and outputs go (default: a new temp dir)")
+    args = parser.parse_args()
+    if (args.data is None) == (args.records is None):
+        parser.error("give either DATA (in-process mode) or --records N (scale mode)")
+    result = in_process_benchmark(args) if args.data else scale_benchmark(args)
     json.dump(result, sys.stdout, indent=2)
     print()
 

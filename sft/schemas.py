@@ -130,7 +130,7 @@ def source_problems(sources: list[SourceConfig], key: str) -> list[str]:
         if src.max_records is not None and src.max_records < 1:
             out.append(f"{here}.max_records={src.max_records}: must be positive or null")
     weights = [s.weight for s in sources if s.weight is not None]
-    if weights and all(w == 0 for w in weights):
+    if weights and all(w == 0 for w in weights) and all(s.weight is not None for s in sources):
         out.append(f"{key}: the weights are all 0; at least one must be positive")
     return out
 

@@ -81,8 +81,8 @@ def draw(sources: list[Source], trains: list[SourceSplit | None], mix_by: str, m
             count = round((s.epochs if s.epochs is not None else 1.0) * sizes[i])
             picks[i] = take_examples(sizes[i], count, source_rng(seed, s.name))
     asked: list[float | None] = [None] * len(sources)
-    if weighted:
-        total_weight = sum(sources[i].weight for i in weighted)  # type: ignore[misc]
+    total_weight = sum(sources[i].weight for i in weighted)  # type: ignore[misc]
+    if total_weight:
         pool = sizes if mix_by == "examples" else tokens
         budget = mix_size if mix_size is not None else sum(pool[i] for i in weighted)
         exact = [budget * sources[i].weight / total_weight for i in weighted]  # type: ignore[operator]

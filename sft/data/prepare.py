@@ -114,6 +114,8 @@ def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: st
         write_json_atomic(tmp / "report.json", found)
 
     if not hit:
+        workers = f"{num_proc} worker processes" if num_proc > 1 else "1 process"
+        print(f"tokenizing data source {source.name!r} ({source.data.path}; up to {workers})", flush=True)
         publish_dir(entry, write, marker="report.json")
     report = json.loads((entry / "report.json").read_text())
     report["cache"] = {"key": key, "hit": hit}

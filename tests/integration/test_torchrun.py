@@ -39,8 +39,8 @@ def overrides(tiny_dir: Path, data_file: Path, out: Path, *extra: str) -> list[s
     ]
 
 
-def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+def torchrun(nproc: int, args: list[str], **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env_vars}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "sft", "train", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -60,8 +60,11 @@ def eval_losses(out: Path) -> dict[int, float]:
 
 def test_two_processes_qlora_rank0_writes_a_complete_run(tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    done = torchrun(2, overrides(tiny_dir, data_file, out, "quant=nf4", "train.micro_batch_size=2", "train.grad_accum=1"))
+    done = torchrun(2, overrides(tiny_dir, data_file, out, "quant=nf4", "train.micro_batch_size=2", "train.grad_accum=1"),
+                    SFT_CACHE_DIR=str(tmp_path / "cold-cache"))
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    # one preparation on the node: rank 0 tokenizes into the cold cache, rank 1 waits and memory-maps the entry
+    assert done.stdout.count("tokenizing data source 'train'") == 1, done.stdout
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml", "report.json",
                  "metrics.jsonl", "loss.png", "finished.json", "tokenizer/tokenizer_config.json"):
         assert (out / name).is_file(), name
