@@ -17,7 +17,9 @@ Scale mode: `python benchmarks/bench_prepare.py --records N [--chat-records M] [
 Writes N distinct Alpaca records (and M multi-turn chat records, 2-3 exchanges each) built from --source into
 .jsonl files, streaming, then runs `python -m sft prepare ... data.packing=true data.max_seq_len=2048 cache=false`
 in a subprocess per --num-proc value (and, with --old-repo, that older checkout's single-process preparation of
-the alpaca file, for N <= 200,000), each with a fresh SFT_CACHE_DIR. Per run: wall seconds, records/s, peak RSS
+the alpaca file, for N <= 200,000), each with a fresh SFT_CACHE_DIR. That cache holds only a link to the embedded
+GGUF model, de-quantized once beforehand (about 15 s and 1.6 GB that every cold run would otherwise spend before
+reading a record), unless --cold-model-cache. Per run: wall seconds, records/s, peak RSS
 of the process tree (the sum over the main process and its descendants, sampled every 0.1 s: pages shared by
 several processes, such as memory-mapped Arrow files, count once per process) and of its largest process, bytes
 of Arrow written, and a sha256 of the rows (input_ids, labels, position_ids as int64), which must be equal
@@ -229,10 +231,31 @@ def arrow_bytes(dataset_dir: Path) -> int:
     return sum(f.stat().st_size for f in dataset_dir.rglob("*.arrow"))
 
 
-def measured_run(name: str, overrides: list[str], records: int, work: Path, repo: Path | None = None) -> dict:
-    """One `python -m sft prepare` run in its own directory and cache; this repo's code unless `repo`."""
-    run_dir = work / name
-    env = {**os.environ, "SFT_CACHE_DIR": tempfile.mkdtemp(prefix="cache-", dir=work)}
+def python_output(code: str, cwd: Path, **env: str) -> str:
+    """stdout of `python -c code`; exits showing its stderr when it fails."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                          text=True)
+    if done.returncode:
+        sys.exit(f"failed (exit {done.returncode}): python -c {code!r}\n{done.stderr}")
+    return done.stdout
+
+
+def converted_model(work: Path) -> Path:
+    """The embedded GGUF model de-quantized once into work/model-cache; returns its gguf/ directory."""
+    cache = work / "model-cache"
+    python_output("from sft.config import ModelConfig; from sft.model.load import resolve_model_path as r; "
+                  "r(ModelConfig())", REPO, SFT_CACHE_DIR=str(cache))
+    return cache / "gguf"
+
+
+def measured_run(name: str, overrides: list[str], records: int, work: Path, model: Path | None,
+                 repo: Path | None = None) -> dict:
+    """One `python -m sft prepare` run in its own directory and fresh cache (holding only a link to the converted
+    `model`, unless None); this repo's code unless `repo`."""
+    run_dir, cache = work / name, Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+    if model is not None:
+        (cache / "gguf").symlink_to(model, target_is_directory=True)
+    env = {**os.environ, "SFT_CACHE_DIR": str(cache)}
     if repo is not None:
         env["PYTHONPATH"] = str(repo)
     cmd = [sys.executable, "-m", "sft", "prepare", *overrides, "data.packing=true", "data.max_seq_len=2048",
@@ -247,10 +270,12 @@ def measured_run(name: str, overrides: list[str], records: int, work: Path, repo
 
 
 def imported_from(repo: Path) -> dict[str, str]:
-    """Where a subprocess with PYTHONPATH=repo, cwd=repo imports `sft` (and its Hydra configs) from."""
-    code = "import sft, sft.conf; print(sft.__file__); print(sft.conf.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
-                         capture_output=True, text=True, check=True).stdout.split()
+    """Where a subprocess with PYTHONPATH=repo, cwd=repo imports `sft` (and its Hydra configs) from; exits when
+    `sft` is not repo's. An editable install of this repo may still supply `sft.conf` (the repo's conf/)."""
+    out = python_output("import sft, sft.conf; print(sft.__file__); print(sft.conf.__file__)", repo,
+                        PYTHONPATH=str(repo)).split()
+    if not Path(out[0]).is_relative_to(repo):
+        sys.exit(f"--old-repo {repo}: the subprocess imports sft from {out[0]}")
     return {"sft": out[0], "sft.conf": out[1]}
 
 
@@ -266,29 +291,31 @@ def compare(runs: dict[str, dict], num_procs: list[int], records: int) -> dict:
     return out
 
 
-def scale_benchmark(args: argparse.Namespace) -> dict:
+def scale_benchmark(args: argparse.Namespace, work: Path) -> dict:
     num_procs = [int(k) for k in args.num_proc.split(",")]
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-")).resolve()
+    work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     source = json.loads(Path(args.source).read_text())
+    model = None if args.cold_model_cache else converted_model(work)
     result: dict = {"cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-                    "load_average_start": os.getloadavg(), "work": str(work)}
+                    "load_average_start": os.getloadavg(), "work": str(work),
+                    "model_conversion_timed": model is None}
     alpaca = work / "alpaca.jsonl"
     write_alpaca(source, args.records, alpaca)
     runs = {f"new_num_proc_{k}": measured_run(f"alpaca-np{k}", ["data=alpaca", f"data.path={alpaca}",
-            f"data.num_proc={k}"], args.records, work) for k in num_procs}
+            f"data.num_proc={k}"], args.records, work, model) for k in num_procs}
     if args.old_repo and args.records > OLD_PATH_MAX_RECORDS:
         runs["old_single_process"] = {"skipped": f"more than {OLD_PATH_MAX_RECORDS} records"}
     elif args.old_repo:
         old = Path(args.old_repo).resolve()
         runs["old_single_process"] = {"imported_from": imported_from(old), **measured_run(
-            "alpaca-old", ["data=alpaca", f"data.path={alpaca}"], args.records, work, repo=old)}
+            "alpaca-old", ["data=alpaca", f"data.path={alpaca}"], args.records, work, model, repo=old)}
     result["alpaca"] = compare(runs, num_procs, args.records)
     if args.chat_records:
         chat = work / "chat.jsonl"
         write_chat(source, args.chat_records, chat)
         runs = {f"new_num_proc_{k}": measured_run(f"chat-np{k}", ["data=messages", "prompt=chat",
-                f"data.path={chat}", f"data.num_proc={k}"], args.chat_records, work) for k in num_procs}
+                f"data.path={chat}", f"data.num_proc={k}"], args.chat_records, work, model) for k in num_procs}
         result["chat"] = compare(runs, num_procs, args.chat_records)
     result["load_average_end"] = os.getloadavg()
     return result
@@ -304,11 +331,19 @@ def main() -> None:
     parser.add_argument("--num-proc", default="1,2", help="scale mode: data.num_proc values, comma-separated")
     parser.add_argument("--source", default=str(REPO.parent / "shared/data/alpaca_en_demo.json"),
                         help="scale mode: the records to cycle through")
-    parser.add_argument("--work", help="scale mode: where the data and outputs go (default: a new temp dir)")
+    parser.add_argument("--work", help="scale mode: where data and outputs go and stay (default: a temp dir)")
+    parser.add_argument("--cold-model-cache", action="store_true",
+                        help="scale mode: each run de-quantizes the embedded GGUF model itself (timed and in the RSS)")
     args = parser.parse_args()
     if (args.data is None) == (args.records is None):
         parser.error("give either DATA (in-process mode) or --records N (scale mode)")
-    result = in_process_benchmark(args) if args.data else scale_benchmark(args)
+    if args.data:
+        result = in_process_benchmark(args)
+    elif args.work:
+        result = scale_benchmark(args, Path(args.work))
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-prepare-") as work:  # data, outputs, model: removed after
+            result = scale_benchmark(args, Path(work))
     json.dump(result, sys.stdout, indent=2)
     print()
 

@@ -37,9 +37,12 @@ class PrepareRunConfig:
 
 def messages_need_chat(data: DataConfig, prompt: PromptConfig) -> list[str]:
     """Conversations are rendered by a chat template only: no silent switch from the template asked for."""
-    if data.format == "messages" and prompt.name != "chat":
-        return [f"data.format=messages needs prompt=chat (prompt.name={prompt.name!r} fills instruction/input "
-                "templates; conversations are rendered by the model's chat template)"]
+    formats = [("data.format", data.format)] if not data.sources else [
+        (f"data.sources[{i}].format", s.format or data.format) for i, s in enumerate(data.sources)]
+    for key, value in formats:
+        if value == "messages" and prompt.name != "chat":
+            return [f"{key}=messages needs prompt=chat (prompt.name={prompt.name!r} fills instruction/input "
+                    "templates; conversations are rendered by the model's chat template)"]
     return []
 
 

@@ -24,6 +24,7 @@ ROLES = ("system", "user", "assistant", "tool")
 
 class Record(TypedDict, total=False):
     id: int  # position in the source (0-based), stable across skips, used for seeds and reports
+    source: str  # the name of its source, in a mixture (data.sources) only
     instruction: str
     input: str
     output: str
@@ -238,7 +239,7 @@ def count_rows(path: str) -> int | None:
 def held_out_draw(record: Record, seed: int) -> float:
     """A number in [0, 1) fixed by the seed and the record's content (its position and other records play no
     part): the record is held out when it is below the fraction."""
-    content = json.dumps({k: v for k, v in record.items() if k != "id"}, sort_keys=True, ensure_ascii=False)
+    content = json.dumps({k: v for k, v in record.items() if k not in ("id", "source")}, sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(f"{seed}|{content}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 

@@ -45,7 +45,8 @@ def load_splits(data: DataConfig, seed: int) -> tuple[dict[str, list[Record]], d
 
     splits: dict[str, list[Record]] = {"train": [], "eval": []}
     found: dict[str, Any] = {"records_read": 0, "bad_records": 0, "bad_examples": []}
-    for source in resolve_sources(data):
+    sources = resolve_sources(data)
+    for source in sources:
         forced: dict[int, str] | None = {}
         while forced is not None:
             records = Records(source.data, seed, forced)
@@ -54,7 +55,8 @@ def load_splits(data: DataConfig, seed: int) -> tuple[dict[str, list[Record]], d
                 got[split] += chunk
             forced = records.fix_up()
         for split in splits:
-            splits[split] += got[split]
+            # in a mixture each record names its source: ids (positions in a file) repeat across sources
+            splits[split] += [{**r, "source": source.name} for r in got[split]] if len(sources) > 1 else got[split]
         found["records_read"] += records.read
         found["bad_records"] += records.found.bad
         found["bad_examples"] = (found["bad_examples"] + records.found.bad_examples)[:5]

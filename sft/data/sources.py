@@ -63,3 +63,10 @@ def resolve_sources(data: DataConfig) -> list[Source]:
         own = {k: getattr(src, k) for k in OWN if getattr(src, k) is not None}
         out.append(Source(name, dataclasses.replace(base, path=src.path, **own), src.weight, src.epochs))
     return out
+
+
+def describe_data(data: DataConfig) -> str:
+    """How messages name the data: data.path, or the files of data.sources."""
+    if not data.sources:
+        return str(data.path)
+    return "data.sources (" + ", ".join(s.path for s in resolve_sources(data) for s in [s.data]) + ")"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import DataConfig, EvalRunConfig
+from sft.data.sources import describe_data
 from sft.errors import DataError
 from sft.evaluate.metrics import score_rows
 from sft.evaluate.reference import reference_loss
@@ -34,11 +35,16 @@ def evaluate_variant(cfg: EvalRunConfig, name: str, src: AdapterSource | None, m
     use_base = src is None and setup.source is not None
     with model.disable_adapter() if use_base else contextlib.nullcontext():
         result: dict[str, Any] = {"model": model_name(setup.model) + (f" + {src.path}" if src else "")}
+        rows: list[dict[str, Any]] = []
         if cfg.generate:
             rows = generate_into(Path(cfg.out_dir) / name, model, setup.tokenizer, setup.items, ident,
-                                 {"data": setup.data.path, "split": cfg.split}, result["model"])
+                                 {"data": describe_data(setup.data), "split": cfg.split}, result["model"])
             result.update(score_rows(rows))
         result.update(reference_loss(model, setup.tokenizer, setup.records, setup.prompt, setup.data, cfg.loss_batch_size))
+        by_source = result.pop("by_source", None)
+        if by_source:  # a mixture's records: the same figures for each source
+            result["sources"] = {source: {**(score_rows([r for r in rows if r.get("source") == source]) if cfg.generate else {}),
+                                          **loss} for source, loss in by_source.items()}
     return result
 
 
@@ -46,11 +52,11 @@ def warn_data_drift(source: AdapterSource | None, data: DataConfig) -> None:
     trained = source.run.data() if source and source.run else None
     if trained is None:
         return
-    ours = (data.path, data.eval_path, data.eval_fraction)
-    theirs = (trained.path, trained.eval_path, trained.eval_fraction)
+    ours = (data.path, data.eval_path, data.eval_fraction, data.sources)
+    theirs = (trained.path, trained.eval_path, trained.eval_fraction, trained.sources)
     if theirs != ours:
-        print(f"note: the run held out {theirs[1] or f'eval_fraction={theirs[2]}'} of {theirs[0]}; "
-              f"evaluating on {ours[1] or f'eval_fraction={ours[2]}'} of {ours[0]}", file=sys.stderr)
+        print(f"note: the run held out {theirs[1] or f'eval_fraction={theirs[2]}'} of {describe_data(trained)}; "
+              f"evaluating on {ours[1] or f'eval_fraction={ours[2]}'} of {describe_data(data)}", file=sys.stderr)
 
 
 def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str, Any]:
@@ -59,7 +65,7 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
     warn_data_drift(setup.source, setup.data)
     missing = next((r for r in setup.records if describe(r)[2] is None), None)
     if missing is not None:  # only split=all reads prompt-only records; scores and loss need the answer
-        raise DataError(f"{setup.data.path}: record {missing['id']}: field {cfg.data.output_field!r}: missing "
+        raise DataError(f"{describe_data(setup.data)}: record {missing['id']}: field {cfg.data.output_field!r}: missing "
                         "(sft-eval compares against references; sft-generate takes prompts alone)")
     idents = {name: identity(setup.model, cfg.quant, src, setup.prompt, cfg.generation, setup.items)
               for name, src in variants(cfg.compare_base, setup.source)}
@@ -69,9 +75,12 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
     model = load_for_inference(setup, cfg.quant)
     results = {name: evaluate_variant(cfg, name, src, model, setup, idents[name]) for name, src in variants(cfg.compare_base, setup.source)}
     table = markdown_table(results)
+    sources = list(next(iter(results.values())).get("sources", {}))
+    for source in sources:  # one table per source of a mixture, after the overall one
+        table += f"\n\nsource {source}:\n\n" + markdown_table({n: r["sources"][source] for n, r in results.items()})
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"split": cfg.split, "data": setup.data.path, "eval_path": setup.data.eval_path, "template": setup.prompt.name,
+    report = {"split": cfg.split, "data": describe_data(setup.data), "eval_path": setup.data.eval_path, "template": setup.prompt.name,
               "adapter": str(setup.source.path) if setup.source else None, "results": results, "table": table}
     write_json_atomic(out / "eval.json", report)
     write_text_atomic(out / "eval.md", table + "\n")

@@ -25,8 +25,10 @@ class Item:
     ids: list[int]
 
     @property
-    def key(self) -> tuple[int, int]:
-        return self.record["id"], self.sample
+    def key(self) -> tuple:
+        """(id, sample), or (source, id, sample) for the records of a mixture."""
+        rec = self.record
+        return (rec["source"], rec["id"], self.sample) if "source" in rec else (rec["id"], self.sample)
 
 
 def prompt_ids(segments: list[Segment], tokenizer: Any, prefix: list[int]) -> list[int]:
@@ -57,7 +59,7 @@ def build_items(records: list[Record], prompt: PromptConfig, tokenizer: Any, gen
         text = "".join(s.text for s in segments)
         ids = fit_prompt(prompt_ids(segments, tokenizer, prefix), limit, prefix, policy, f"{source}: record {record['id']}")
         for s in range(gen.num_return_sequences):
-            items.append(Item(record, s, derive_seed(gen.seed, record["id"], s), text, ids))
+            items.append(Item(record, s, derive_seed(gen.seed, record["id"], s, record.get("source", "")), text, ids))
     return items
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from sft.config import GenerateRunConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig
 from sft.data.prompts import end_of_turn_token, unescape
+from sft.data.sources import describe_data
 from sft.data.tokenize import token_id
 from sft.generate.decode import Decoded, Stopping, beam_decode, decode
 from sft.generate.items import Item, describe, plan_batches
@@ -49,6 +50,8 @@ def to_row(item: Item, d: Decoded, gen: GenerationConfig, tokenizer: Any) -> Row
                 "output": (item.prompt + text) if gen.echo else text, "reference": reference, "seed": gen.seed,
                 "sample_seed": item.seed, "finish_reason": d.finish_reason, "generated_tokens": len(d.tokens),
                 "prompt_tokens": len(item.ids)}
+    if "source" in rec:
+        row["source"] = rec["source"]
     if gen.logprobs:
         row["logprobs"] = [round(x, 6) for x in d.logprobs]
     return row
@@ -128,7 +131,7 @@ def run(cfg: GenerateRunConfig, given_data_keys: set[str] | None = None) -> list
     ident = identity(setup.model, cfg.quant, setup.source, setup.prompt, cfg.generation, setup.items)
     check_resumable(Path(cfg.out_dir), ident)  # before the model loads: a wrong out_dir fails in a second
     model = load_for_inference(setup, cfg.quant)
-    extra = {"data": setup.data.path, "split": cfg.split, "quant": dataclasses.asdict(cfg.quant), "greedy": is_greedy(cfg.generation)}
+    extra = {"data": describe_data(setup.data), "split": cfg.split, "quant": dataclasses.asdict(cfg.quant), "greedy": is_greedy(cfg.generation)}
     rows = generate_into(Path(cfg.out_dir), model, setup.tokenizer, setup.items, ident, extra, setup.name)
     print(f"wrote {len(rows)} rows to {Path(cfg.out_dir) / ROWS}")
     return rows

@@ -31,6 +31,7 @@ UNCHECKED = ("generation.batch_size",)
 
 class Row(TypedDict, total=False):
     id: int  # the record's position in the data file
+    source: str  # in a mixture: the record's source (its name)
     sample: int  # 0 .. num_return_sequences - 1
     instruction: str
     input: str
@@ -45,8 +46,9 @@ class Row(TypedDict, total=False):
     logprobs: list[float]
 
 
-def row_key(row: dict[str, Any]) -> tuple[int, int]:
-    return int(row["id"]), int(row["sample"])
+def row_key(row: dict[str, Any]) -> tuple:
+    """(id, sample), or (source, id, sample) for the records of a mixture (Item.key)."""
+    return (row["source"], int(row["id"]), int(row["sample"])) if "source" in row else (int(row["id"]), int(row["sample"]))
 
 
 def library_versions() -> dict[str, str]:

@@ -21,9 +21,11 @@ import torch
 from sft.config import GenerationConfig
 
 
-def derive_seed(seed: int, example_id: int, sample: int) -> int:
-    """A 63-bit seed for one (example, sample), independent of where it sits in a batch."""
-    digest = hashlib.sha256(f"sft-generate|{seed}|{example_id}|{sample}".encode()).digest()
+def derive_seed(seed: int, example_id: int, sample: int, source: str = "") -> int:
+    """A 63-bit seed for one (example, sample), independent of where it sits in a batch; `source`: the name of the
+    example's source in a mixture (ids repeat across sources)."""
+    example = f"{source}:{example_id}" if source else example_id
+    digest = hashlib.sha256(f"sft-generate|{seed}|{example}|{sample}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sft.config import DataConfig, messages_need_chat, GenerateRunConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig
 from sft.data.load import Record, is_local, load_records
+from sft.data.sources import describe_data, resolve_sources
 from sft.errors import ConfigError, DataError
 from sft.generate.items import Item, build_items
 from sft.model.load import load_model, load_tokenizer, model_name, resolve_model_path
@@ -67,7 +68,7 @@ def resolve_setup(cfg: GenerateRunConfig, given_data_keys: set[str] | None, item
     seed = source.run.seed(cfg.seed) if source and source.run else cfg.seed
     records = select_records(data, cfg.split, seed)
     limit = context_limit(found.model_path, found.model, cfg.generation, cfg.max_prompt_tokens)
-    built = build_items(records, prompt, found.tokenizer, cfg.generation, limit, cfg.long_prompt, data.path) if items else []
+    built = build_items(records, prompt, found.tokenizer, cfg.generation, limit, cfg.long_prompt, describe_data(data)) if items else []
     return GenerationSetup(source, found.model, found.model_path, found.tokenizer, prompt, data, seed, records, built)
 
 
@@ -80,13 +81,18 @@ def tokenizer_dir(source: AdapterSource | None) -> str | None:
 
 def select_records(data: DataConfig, split: str, seed: int) -> list[Record]:
     """`all`: every record of data.path; `train`/`eval`: that side of the held-out split, as training made it."""
-    if split == "all":
-        return load_records(data.path, data, answers=False, limit=data.max_records).records  # outputs are references
+    sources = resolve_sources(data)
+    if split == "all":  # outputs are references
+        if len(sources) == 1:
+            return load_records(data.path, data, answers=False, limit=data.max_records).records
+        return [{**r, "source": s.name} for s in sources
+                for r in load_records(s.data.path, s.data, answers=False, limit=s.data.max_records).records]
     from sft.data.prepare import load_splits
 
     splits, _ = load_splits(data, seed)
     if split not in splits:
-        raise DataError(f"split={split}: {data.path} has no {split} records (set data.eval_path or data.eval_fraction, or split=all)")
+        raise DataError(f"split={split}: {describe_data(data)} has no {split} records (set data.eval_path or "
+                        "data.eval_fraction, or split=all)")
     return splits[split]
 
 
@@ -151,18 +157,20 @@ def data_for(source: AdapterSource | None, data: DataConfig, split: str, given: 
     data.path (or data group) means other data: then `data` as given. Anything else: `data`."""
     run = source.run if source else None
     trained = run.data() if run else None
-    if split not in ("train", "eval") or trained is None or given is None or "path" in given:
+    if split not in ("train", "eval") or trained is None or given is None or {"path", "sources"} & given:
         return data
     names = {f.name for f in dataclasses.fields(DataConfig)}
     ours = dataclasses.replace(trained, **{k: getattr(data, k) for k in given if k in names})
-    for key in ("path", "eval_path"):
-        value = getattr(ours, key)
+    files = [(f"data.{k}", getattr(ours, k)) for k in ("path", "eval_path")] if not ours.sources else [
+        (f"data.sources[{i}].{k}", getattr(s, k)) for i, s in enumerate(ours.sources) for k in ("path", "eval_path")]
+    for key, value in files:
         if value and is_local(value) and not Path(value).exists():
-            raise ConfigError(f"data.{key}={value} (from {run.config_file}) is not found from here "  # type: ignore[union-attr]
+            raise ConfigError(f"{key}={value} (from {run.config_file}) is not found from here "  # type: ignore[union-attr]
                               f"({Path.cwd()}): give data.path and data.eval_path of the held-out records")
     if ours != data:
         held_out = ours.eval_path or f"eval_fraction={ours.eval_fraction}"
-        print(f"note: split={split} of the training run's data: {ours.path}, held out {held_out} (from "
+        what = f"{ours.path}, held out {held_out}" if not ours.sources else f"{describe_data(ours)}, each source's held-out records"
+        print(f"note: split={split} of the training run's data: {what} (from "
               f"{run.config_file}; data.path=... chooses other records)")  # type: ignore[union-attr]
     return ours
 

@@ -34,7 +34,7 @@ def held_out_by_training(run: Path) -> set[str]:
     from sft.io import cache_root
 
     key = json.loads((run / "report.json").read_text())["cache"]["key"]
-    rows = datasets.load_from_disk(str(cache_root() / "datasets" / key / "dataset"))["eval"]
+    rows = datasets.Dataset.from_file(str(cache_root() / "datasets" / key / "eval.arrow"))
     texts = [make_char_tokenizer().decode(r["input_ids"], skip_special_tokens=True) for r in rows]
     held = {r["instruction"] for r in RECORDS if any(t.startswith(r["instruction"] + "\n") for t in texts)}
     assert len(held) == len(texts) and 5 < len(held) < 40  # a fifth of 100 on average
@@ -72,3 +72,30 @@ def test_reference_loss_is_the_runs_final_eval_loss(trained: dict[str, Path]) ->
     result = json.loads((out / "eval.json").read_text())["results"]["adapter"]
     assert result["loss"] == pytest.approx(final["eval_loss"], rel=1e-4)
     assert result["examples"] == len(held_out_by_training(trained["run"]))
+
+
+def test_a_mixture_run_is_evaluated_on_each_sources_held_out_records_with_a_table_per_source(
+        tiny_dir: Path, tmp_path: Path) -> None:
+    a = write_jsonl(tmp_path / "a.jsonl", RECORDS[:40])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": f"Count to {i}.", "output": " ".join(map(str, range(i)))}
+                                          for i in range(1, 21)])
+    run = tmp_path / "run"
+    sources = f"data.sources=[{{path:{a},weight:1,eval_fraction:0.2}},{{path:{b},weight:1,eval_fraction:0.3}}]"
+    proc = run_sft("train", f"model.path={tiny_dir}", "quant=nf4", "prompt=custom", sources, "data.max_seq_len=64",
+                   "train.micro_batch_size=4", "train.grad_accum=1", "train.max_steps=2", "train.eval_at_start=false",
+                   f"out_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    ev = run_sft("eval", f"adapter={run}", "quant=nf4", "compare_base=false", "generation.max_new_tokens=2",
+                 f"out_dir={tmp_path / 'eval'}")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"]["adapter"]
+    report = json.loads((run / "report.json").read_text())["sources"]
+    for name in ("a", "b"):  # the records each source held out, scored and with the loss training logged for it
+        assert result["sources"][name]["examples"] == report[name]["splits"]["eval"]["kept"]
+        assert result["sources"][name]["loss"] == pytest.approx(final[f"eval_loss/{name}"], rel=1e-4)
+    assert result["loss"] == pytest.approx(final["eval_loss"], rel=1e-4)
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "adapter" / "generations.jsonl").read_text().splitlines()]
+    assert sorted({r["source"] for r in rows}) == ["a", "b"] and len(rows) == result["examples"]
+    table = (tmp_path / "eval" / "eval.md").read_text()
+    assert "source a:" in table and "source b:" in table and table.count("| loss |") == 3

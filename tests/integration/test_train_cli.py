@@ -197,3 +197,29 @@ def test_logs_at_every_checkpoint_and_at_the_last_step_whatever_logging_steps(
     # windows end at checkpoints, so a run resumed from checkpoint-2 logs the same losses as this one
     assert [r["step"] for r in metrics(out) if "loss" in r] == [2, 3]
     assert "done: 3 steps" in done.stdout
+
+
+def test_a_mixture_trains_to_the_shares_asked_with_an_eval_loss_per_source_and_refuses_to_resume_on_changed_data(
+        tiny_dir: Path, tmp_path: Path) -> None:
+    a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"say {w} {i}", "output": w} for i, w in enumerate(WORDS * 6)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": f"spell {w}", "input": "x", "output": " ".join(w)} for w in WORDS * 2])
+    out = tmp_path / "run"
+    sources = f"data.sources=[{{path:{a},weight:3,eval_fraction:0.2}},{{path:{b},weight:1,eval_fraction:0.2}}]"
+    args = [*tiny_overrides(tiny_dir, a, f"out_dir={out}", "train.eval_steps=2"), "data.path=null", sources]
+    done = run_sft("train", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())["sources"]
+    assert [s["mixture"]["share_asked"] for s in report.values()] == [0.75, 0.25]
+    assert all(abs(s["mixture"]["share_of_examples"] - s["mixture"]["share_asked"]) < 0.01 for s in report.values())
+    evals = [r for r in metrics(out) if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert all({"eval_loss/a", "eval_loss/b"} <= set(r) for r in evals)
+    assert evals[0]["eval_loss/a"] != evals[0]["eval_loss/b"]
+    assert re.search(r"step 2: eval loss [\d.]+ \(a [\d.]+, b [\d.]+\)", done.stdout), done.stdout[-2000:]
+
+    (out / "finished.json").unlink()  # as if killed after its last checkpoint
+    with b.open("a") as f:
+        f.write(json.dumps({"instruction": "spell new", "output": "n e w"}) + "\n")
+    again = run_sft("train", *args)
+    assert again.returncode == 1
+    assert f"data source 'b' ({b}) is not the data" in again.stderr and "Traceback" not in again.stderr
