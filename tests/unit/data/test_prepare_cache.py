@@ -59,7 +59,7 @@ def test_ranks_preparing_at_once_on_a_cold_cache_all_succeed(char_tokenizer: Any
     for t in threads:
         t.join()
     assert not errors, errors
-    assert [r.report["cache"]["hit"] for r in results] == [False, False]
+    assert len(waited) == 2  # both built the source's entry and raced to rename it into place
     entries = list((tmp_path / "cache" / "datasets").iterdir())
     # one entry for the source's examples, one for the rows drawn from it; no temporary left behind
     assert sorted(e.name.startswith("src-") for e in entries) == [False, True]

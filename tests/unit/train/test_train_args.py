@@ -32,10 +32,22 @@ def test_packed_rows_are_evaluated_one_per_batch(tmp_path: Path) -> None:
 def test_a_checkpoint_written_by_another_number_of_processes_is_refused(tmp_path: Path) -> None:
     args = training_arguments(TrainConfig(), NONE, 0, tmp_path, has_eval=False)
     trainer = SftTrainer(model=tiny_llama(), args=args, train_dataset=[])
-    assert trainer.sft_state() == {"trained_tokens": 0, "world_size": 1}
+    assert trainer.sft_state() == {"trained_tokens": 0, "world_size": 1, "data": {}}
     with pytest.raises(ConfigError, match=r"checkpoint-8 was written by 2 processes and this run has 1"):
         trainer.restore_sft_state({"trained_tokens": 40, "world_size": 2}, "checkpoint-8")
     trainer.restore_sft_state({"trained_tokens": 40, "world_size": 1})
     assert trainer.trained_tokens == 40
     trainer.restore_sft_state({"trained_tokens": 41})  # checkpoints from before world_size was recorded
     assert trainer.trained_tokens == 41
+
+
+def test_a_checkpoint_of_other_data_is_refused_naming_the_source(tmp_path: Path) -> None:
+    args = training_arguments(TrainConfig(), NONE, 0, tmp_path, has_eval=False)
+    trainer = SftTrainer(model=tiny_llama(), args=args, train_dataset=[])
+    trainer.data_keys, trainer.data_paths = {"a": "k1", "b": "k2"}, {"a": "a.jsonl", "b": "b.jsonl"}
+    assert trainer.sft_state()["data"] == {"a": "k1", "b": "k2"}
+    trainer.restore_sft_state({"trained_tokens": 5, "world_size": 1, "data": {"a": "k1", "b": "k2"}})
+    with pytest.raises(ConfigError, match=r"data source 'b' \(b.jsonl\) is not the data checkpoint-4 was trained on"):
+        trainer.restore_sft_state({"trained_tokens": 5, "world_size": 1, "data": {"a": "k1", "b": "old"}}, "checkpoint-4")
+    with pytest.raises(ConfigError, match=r"checkpoint-4 was trained with data source 'c', which this run does not have"):
+        trainer.restore_sft_state({"trained_tokens": 5, "world_size": 1, "data": {"c": "k3"}}, "checkpoint-4")
