@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ from sft.data.chat import ChatError
 from sft.data.load import LoadResult, Record, count_rows, held_out_draw, is_local, iter_records, no_usable_records
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.sources import Source
-from sft.data.tokenize import TokenizeStats, tokenize_examples
+from sft.data.tokenize import IGNORE_INDEX, TokenizeStats, tokenize_examples
 from sft.errors import DataError
 
 CHUNK = 1000  # records per task a worker tokenizes
@@ -126,9 +127,13 @@ def tokenize_chunk(where: str, records: list[Record], data: DataConfig, prompt: 
                         "(the tokenizer changes the text it is given)")
     stats.render_mismatched = []
     lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int32, count=len(examples))
-    flat = lambda key: np.fromiter((t for e in examples for t in e[key]), dtype=np.int32, count=int(lengths.sum()))
-    return Chunk(flat("input_ids"), flat("labels"), lengths,
-                 np.fromiter((sum(t != -100 for t in e["labels"]) for e in examples), dtype=np.int32, count=len(examples)),
+    total = int(lengths.sum())
+    flat = {key: np.fromiter(itertools.chain.from_iterable(e[key] for e in examples), dtype=np.int32, count=total)
+            for key in ("input_ids", "labels")}
+    starts = np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]) if len(lengths) else np.zeros(0, np.int64)
+    trained = (np.add.reduceat((flat["labels"] != IGNORE_INDEX).astype(np.int32), starts) if total
+               else np.zeros(len(lengths), np.int32)).astype(np.int32)
+    return Chunk(flat["input_ids"], flat["labels"], lengths, trained,
                  np.array([kept[i]["id"] for i in index], dtype=np.int64), stats, problems)
 
 

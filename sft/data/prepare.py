@@ -8,7 +8,6 @@ settings and the seed. Rows are Arrow files that every process memory-maps: no p
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -19,9 +18,9 @@ from typing import Any
 
 import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
-from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key, tokenizer_fingerprint  # noqa: F401
+from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key
 from sft.data.chat import chat_template
-from sft.data.load import Record, iter_records  # noqa: F401
+from sft.data.load import Record
 from sft.data.mix import draw, mixture_report, write_eval, write_train
 from sft.data.prompts import end_of_turn_token
 from sft.data.sources import Source, resolve_sources

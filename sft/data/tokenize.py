@@ -208,7 +208,11 @@ def render_mismatches(tokenizer: Any, ids_list: list[list[int]], texts: list[str
     """Indices of examples whose ids do not stand for their text: they neither decode to it, nor equal the whole
     text's tokenization, nor decode as that tokenization does (tokenizers whose decoding adds a space after a
     special token, as Llama-2's legacy SentencePiece, or record text spelling a special token)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+
     def decode(batch: list[list[int]]) -> list[str]:
+        if backend is not None:  # what batch_decode does without clean-up, minus its per-id Python checks
+            return backend.decode_batch(batch, skip_special_tokens=False)
         return tokenizer.batch_decode(batch, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     suspects = [k for k, (got, want) in enumerate(zip(decode(ids_list), texts)) if got != want]

@@ -130,7 +130,7 @@ def test_reasoning_is_trained_or_masked_and_turns_can_be_limited(tmp_path: Any) 
 def test_a_record_the_template_cannot_cut_is_a_bad_record_named_by_turn(tmp_path: Any) -> None:
     from conftest import write_jsonl
 
-    from sft.data.prepare import build
+    from sft.data.prepare import prepare
 
     tok = tokenizer("llama-2-spm")  # its template has no tool role: the tool message is dropped from the render
     rows = [RECORDS[1], {"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "secret"},
@@ -138,8 +138,9 @@ def test_a_record_the_template_cannot_cut_is_a_bad_record_named_by_turn(tmp_path
     path = write_jsonl(tmp_path / "c.jsonl", rows)
     data = DataConfig(path=str(path), format="messages", max_seq_len=256)
     with pytest.raises(Exception, match=r"c.jsonl: record 1: turn 1 \(tool\): cannot find its content"):
-        build(data, PromptConfig(name="chat"), tok, 0)
-    skipped = build(DataConfig(**{**data.__dict__, "on_bad_record": "skip"}), PromptConfig(name="chat"), tok, 0)
+        prepare(data, PromptConfig(name="chat"), tok, 0, use_cache=False)
+    skipped = prepare(DataConfig(**{**data.__dict__, "on_bad_record": "skip"}), PromptConfig(name="chat"), tok, 0,
+                      use_cache=False)
     assert skipped.report["bad_records"] == 1 and skipped.report["splits"]["train"]["kept"] == 1
     assert skipped.report["template_details"]["end_of_turn"] == "</s>"
     assert json.dumps(skipped.report)  # the report is plain data
