@@ -1,7 +1,7 @@
 """One source -> its tokenized examples on disk, in bounded memory, with worker processes.
 
 The main process reads and validates records one at a time, decides each record's side of the held-out split
-(sft.data.load.held_out_draw) and hands chunks of CHUNK records to `num_proc` worker processes, which build the
+(sft.data.splits) and hands chunks of splits.CHUNK records to `num_proc` worker processes, which build the
 segments and tokenize them (sft.data.tokenize). Chunks come back in order and are appended to flat int32 files
 (`<split>.ids`, `<split>.labels`) with each example's length, trained tokens and record id beside them, so no
 process holds all tokens, and the result is the same, bit for bit, whatever the number of workers.
@@ -29,13 +29,13 @@ import numpy as np
 import sft
 from sft.config import DataConfig, PromptConfig
 from sft.data.chat import ChatError
-from sft.data.load import LoadResult, Record, count_rows, held_out_draw, is_local, iter_records, no_usable_records
+from sft.data.load import Record, count_rows, is_local
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.sources import Source
+from sft.data.splits import Records
 from sft.data.tokenize import IGNORE_INDEX, TokenizeStats, tokenize_examples
 from sft.errors import DataError
 
-CHUNK = 1000  # records per task a worker tokenizes
 BAR_FROM = 20_000  # records: shorter preparations show no progress bar
 
 # Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
@@ -204,77 +204,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         return os.cpu_count() or 1
-
-
-class Records:
-    """The records of a source by split, read as they go: max_records cuts each split after the split is made,
-    and at least one record lands on each side of a held-out fraction (the one with the lowest or highest draw)."""
-
-    def __init__(self, data: DataConfig, seed: int, forced: dict[int, str] | None = None) -> None:
-        self.data, self.seed, self.forced = data, seed, forced or {}
-        self.found = LoadResult(records=[], source=data.path or "")
-        self.read = 0  # records read from the files, good and bad
-        self.counts = {"train": 0, "eval": 0}
-        self.extreme: dict[str, tuple[float, int]] = {}  # train: lowest draw, eval: highest (for the fix-up)
-
-    def chunks(self) -> Iterator[tuple[str, str, list[Record]]]:
-        """(split, file, records) in file order, CHUNK records at a time."""
-        data, limit = self.data, self.data.max_records
-        if data.eval_path:
-            yield from self._file(data.path, lambda r: "train", limit, ("train",))
-            yield from self._file(data.eval_path, lambda r: "eval", limit, ("eval",))
-            return
-        fraction = data.eval_fraction
-        if fraction <= 0:
-            yield from self._file(data.path, lambda r: "train", limit, ("train",))
-            return
-
-        def side(record: Record) -> str:
-            if record["id"] in self.forced:
-                return self.forced[record["id"]]
-            u = held_out_draw(record, self.seed)
-            split = "eval" if u < fraction else "train"
-            best = self.extreme.get(split)
-            if best is None or (u < best[0] if split == "train" else u > best[0]):
-                self.extreme[split] = (u, record["id"])
-            return split
-
-        yield from self._file(data.path, side, limit, ("train", "eval"))
-
-    def _file(self, path: str, side: Any, limit: int | None, feeds: tuple[str, ...]
-              ) -> Iterator[tuple[str, str, list[Record]]]:
-        found = LoadResult(records=[], source=path)
-        pending: dict[str, list[Record]] = {"train": [], "eval": []}
-        good = 0
-        for record in iter_records(path, self.data, found):
-            good += 1
-            split = side(record)
-            if limit is not None and self.counts[split] >= limit:
-                if all(self.counts[s] >= limit for s in feeds):
-                    break
-                continue
-            self.counts[split] += 1
-            pending[split].append(record)
-            if len(pending[split]) >= CHUNK:
-                yield split, path, pending[split]
-                pending[split] = []
-        for split, records in pending.items():
-            if records:
-                yield split, path, records
-        self.read += good + found.bad
-        self.found.bad += found.bad
-        self.found.bad_examples = (self.found.bad_examples + found.bad_examples)[:5]
-        if not good:
-            raise no_usable_records(path, found)
-
-    def fix_up(self) -> dict[int, str] | None:
-        """The forced sides of a second pass when one side of a held-out fraction came out empty, else None."""
-        if self.data.eval_path or self.data.eval_fraction <= 0 or sum(self.counts.values()) < 2:
-            return None
-        for empty, other in (("eval", "train"), ("train", "eval")):
-            if not self.counts[empty] and other in self.extreme:
-                return {**self.forced, self.extreme[other][1]: empty}
-        return None
 
 
 def _progress(total: int | None, name: str) -> Any:

@@ -242,19 +242,3 @@ def held_out_draw(record: Record, seed: int) -> float:
     content = json.dumps({k: v for k, v in record.items() if k not in ("id", "source")}, sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(f"{seed}|{content}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def split_records(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Seeded held-out split: (train, eval). Each record's side is decided by held_out_draw alone, so cutting
-    the file short (max_records is applied after the split) or appending to it moves no record to the other
-    side, and identical records always land on the same side. The held-out share is `fraction` on average, not
-    exactly; at least one record stays on each side."""
-    if fraction <= 0 or len(records) < 2:
-        return records, []
-    draws = [held_out_draw(r, seed) for r in records]
-    held = {i for i, u in enumerate(draws) if u < fraction}
-    if not held:
-        held = {min(range(len(draws)), key=draws.__getitem__)}
-    if len(held) == len(records):
-        held.discard(max(range(len(draws)), key=draws.__getitem__))
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]

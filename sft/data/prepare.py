@@ -40,7 +40,7 @@ class Prepared:
 def load_splits(data: DataConfig, seed: int) -> tuple[dict[str, list[Record]], dict[str, Any]]:
     """Validated records per split, of every source in order, as preparation splits them (data.max_records cuts
     each split of each source after the split), and what loading them found."""
-    from sft.data.build import Records
+    from sft.data.splits import Records
 
     splits: dict[str, list[Record]] = {"train": [], "eval": []}
     found: dict[str, Any] = {"records_read": 0, "bad_records": 0, "bad_examples": []}

@@ -21,7 +21,8 @@ def test_prepare_writes_dataset_and_report_and_reuses_its_cache(tmp_path):
     train, held = report["splits"]["train"], report["splits"]["eval"]
     assert train["kept"] + held["kept"] == 30 and 2 <= held["kept"] <= 10  # a fifth held out on average
     from sft.config import DataConfig
-    from sft.data.load import load_records, split_records
+    from sft.data.load import load_records
+    from sft.data.splits import split_records
 
     records = load_records(str(data), DataConfig(path=str(data))).records
     assert held["kept"] == len(split_records(records, 0.2, seed=0)[1])

@@ -8,7 +8,8 @@ import pytest
 from conftest import write_jsonl
 
 from sft.config import DataConfig
-from sft.data.load import load_records, split_records
+from sft.data.load import load_records
+from sft.data.splits import split_records
 from sft.errors import DataError
 
 GOOD = [{"instruction": "a", "input": "b", "output": "c"}, {"instruction": "d", "output": "e"}]

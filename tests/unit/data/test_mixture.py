@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_jsonl
 from sft.config import DataConfig, PromptConfig
-from sft.data import build
+from sft.data import build, splits
 from sft.data.load import load_records
 from sft.data.mix import largest_remainder, take_examples, take_tokens
 from sft.data.packing import pack_examples
@@ -101,7 +101,7 @@ def test_epochs_instead_of_a_weight_and_a_weight_0_source_is_only_evaluated(file
 def test_workers_give_the_same_rows_as_one_process_and_as_tokenizing_everything_at_once(
         smollm2_tokenizer: Any, tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("SFT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(build, "CHUNK", 16)  # 200 records: 13 chunks, enough to start the 2 workers
+    monkeypatch.setattr(splits, "CHUNK", 16)  # 200 records: 13 chunks, enough to start the 2 workers
     path = str(write_jsonl(tmp_path / "train.jsonl", records("say", 200, long_every=7)))
     prompt = PromptConfig()
     pools, real = [], build._in_workers
