@@ -173,30 +173,34 @@ class SplitWriter:
         return self.stats
 
 
-@dataclass
 class SourceSplit:
-    """One split of a prepared source, memory-mapped: example i is ids[offsets[i]:offsets[i + 1]]."""
+    """One split of a prepared source: per-example lengths, trained tokens and record ids in memory, the tokens
+    read from the files one example at a time (pread: no mapping, so this process's memory does not grow with
+    the files, whatever order the examples are read in)."""
 
-    ids: np.ndarray
-    labels: np.ndarray
-    lengths: np.ndarray
-    trained: np.ndarray
-    records: np.ndarray
+    def __init__(self, directory: Path, split: str) -> None:
+        meta = {k: np.load(directory / f"{split}.{k}.npy") for k in ("lengths", "trained", "records")}
+        self.lengths, self.trained, self.records = meta["lengths"], meta["trained"], meta["records"]
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+        self._files = {kind: os.open(directory / f"{split}.{kind}", os.O_RDONLY) for kind in ("ids", "labels")}
 
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+    def example(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, labels) of example k, int32."""
+        start, n = int(self.offsets[k]) * 4, int(self.lengths[k]) * 4
+        return tuple(np.frombuffer(os.pread(fd, n, start), dtype=np.int32) for fd in self._files.values())  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files = {}
+
+    def __del__(self) -> None:
+        if getattr(self, "_files", None):
+            self.close()
 
 
 def open_split(directory: Path, split: str) -> SourceSplit | None:
-    if not (directory / f"{split}.lengths.npy").is_file():
-        return None
-    meta = {k: np.load(directory / f"{split}.{k}.npy") for k in ("lengths", "trained", "records")}
-    flat = []
-    for kind in ("ids", "labels"):
-        path = directory / f"{split}.{kind}"
-        flat.append(np.memmap(path, dtype=np.int32, mode="r") if path.stat().st_size else np.zeros(0, np.int32))
-    return SourceSplit(flat[0], flat[1], **meta)
+    return SourceSplit(directory, split) if (directory / f"{split}.lengths.npy").is_file() else None
 
 
 def cores() -> int:

@@ -8,7 +8,8 @@ How many examples a source gives:
 - with `epochs` (or neither): that many passes over it (1 by default), independent of the weights.
 Held-out examples are never drawn: every source's eval split is evaluated whole, on its own (eval_loss/<name>).
 
-Rows are written a batch at a time from the sources' memory-mapped token files; packing needs only the lengths.
+Rows are written a batch at a time from the sources' token files, read an example at a time; packing needs only
+the lengths.
 """
 
 from __future__ import annotations
@@ -118,11 +119,6 @@ def mixture_report(sources: list[Source], trains: list[SourceSplit | None], pick
     return out
 
 
-def _example(split: SourceSplit, offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = offsets[k], offsets[k + 1]
-    return split.ids[a:b], split.labels[a:b]
-
-
 class RowsWriter:
     """Rows appended a batch at a time to one Arrow file that `datasets.Dataset.from_file` memory-maps."""
 
@@ -168,19 +164,18 @@ class RowsWriter:
         self.writer.close()
 
 
-def packed_rows(members: list[tuple[SourceSplit, np.ndarray, int]], max_seq_len: int, seed: int
-                ) -> Iterator[list[np.ndarray]]:
-    """Whole examples (split, offsets, index) packed best-fit-decreasing into rows, rows in a seeded order: each
-    example's first label masked (it is not predicted from the example before it), positions restarting at 0."""
-    lengths = [int(split.lengths[k]) for split, _, k in members]
+def packed_rows(members: list[tuple[SourceSplit, int]], max_seq_len: int, seed: int) -> Iterator[list[np.ndarray]]:
+    """Whole examples (split, index) packed best-fit-decreasing into rows, rows in a seeded order: each example's
+    first label masked (it is not predicted from the example before it), positions restarting at 0."""
+    lengths = [int(split.lengths[k]) for split, k in members]
     bins = best_fit_decreasing(lengths, max_seq_len)
     random.Random(seed).shuffle(bins)
     for b in bins:
         ids, labels, positions = [], [], []
         for j in sorted(b):
-            split, offsets, k = members[j]
-            x, y = _example(split, offsets, k)
-            y = np.array(y)
+            split, k = members[j]
+            x, y = split.example(k)
+            y = y.copy()
             y[0] = IGNORE_INDEX
             ids.append(x)
             labels.append(y)
@@ -191,14 +186,13 @@ def packed_rows(members: list[tuple[SourceSplit, np.ndarray, int]], max_seq_len:
 def write_train(path: Path, trains: list[SourceSplit | None], picks: list[np.ndarray], packing: bool, max_seq_len: int,
                 seed: int) -> dict[str, Any]:
     writer = RowsWriter(path, packing, with_source=False)
-    offsets = [t.offsets if t is not None else None for t in trains]
-    members = [(trains[i], offsets[i], int(k)) for i, p in enumerate(picks) for k in p]
+    members = [(trains[i], int(k)) for i, p in enumerate(picks) for k in p]
     if packing:
         for row in packed_rows(members, max_seq_len, seed):  # type: ignore[arg-type]
             writer.add(row)
     else:
-        for split, off, k in members:
-            writer.add(list(_example(split, off, k)))  # type: ignore[arg-type]
+        for split, k in members:
+            writer.add(list(split.example(k)))  # type: ignore[union-attr]
     writer.close()
     return _packing(writer, max_seq_len) if packing else {}
 
@@ -210,13 +204,12 @@ def write_eval(path: Path, evals: list[SourceSplit | None], packing: bool, max_s
     for i, split in enumerate(evals):
         if split is None or not len(split.lengths):
             continue
-        off = split.offsets
         if packing:
-            for row in packed_rows([(split, off, k) for k in range(len(split.lengths))], max_seq_len, seed):
+            for row in packed_rows([(split, k) for k in range(len(split.lengths))], max_seq_len, seed):
                 writer.add(row, i)
         else:
             for k in range(len(split.lengths)):
-                writer.add(list(_example(split, off, k)), i)
+                writer.add(list(split.example(k)), i)
     writer.close()
     return _packing(writer, max_seq_len) if packing else {}
 
