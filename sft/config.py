@@ -28,6 +28,7 @@ class PrepareRunConfig:
     out_dir: str = MISSING  # where dataset/ and report.json are written
     seed: int = 0  # seeds the held-out split and the packed row order
     inspect: int = 0  # print this many examples token by token (masked vs trained)
+    inspect_html: bool = False  # also write <out_dir>/inspect.html: those rows (8 when inspect=0), token by token
     cache: bool = True  # reuse processed data cached under the content hash of every input
     debug: bool = False  # show tracebacks for user errors too
 
@@ -94,9 +95,16 @@ class EvalRunConfig(GenerateRunConfig):
     compare_base: bool = True  # with an adapter, also score the base alone: the "before" column of the table
     loss_batch_size: int = 8  # examples per forward pass when computing the references' loss
     generate: bool = True  # false: only loss and perplexity (no generation, no text metrics)
+    # log the table and a sample of generations to the training run's own tracker runs (its trackers.json):
+    # any of wandb, mlflow, trackio; [] = none
+    report_to: list[str] = field(default_factory=list)
+    report_samples: int = 20  # generations logged with report_to (each: prompt, reference, base and adapter output)
 
     def problems(self, key: str) -> list[str]:
-        return super().problems(key) + at_least(self, key, 1, ("loss_batch_size",))
+        out = super().problems(key) + at_least(self, key, 1, ("loss_batch_size",)) + at_least(self, key, 0, ("report_samples",))
+        out += [f"{key}report_to={n!r}: must be one of wandb, mlflow, trackio" for n in self.report_to
+                if n not in ("wandb", "mlflow", "trackio")]
+        return out
 
 
 @dataclass

@@ -227,9 +227,30 @@ def write_prepared(prepared: Prepared, out_dir: str) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     (target / "report.json").unlink(missing_ok=True)
     shutil.rmtree(target / "dataset", ignore_errors=True)
-    publish_dir(target / "dataset", lambda tmp: prepared.datasets.save_to_disk(str(tmp)), marker="dataset_dict.json")
+    publish_dir(target / "dataset", lambda tmp: save_splits(prepared.datasets, tmp), marker="dataset_dict.json")
     write_json_atomic(target / "report.json", prepared.report)
     return target
+
+
+def save_splits(splits: Any, directory: Path) -> None:
+    """What DatasetDict.save_to_disk writes (datasets.load_from_disk reads it), with each split's Arrow file copied
+    by the kernel: save_to_disk would read the memory-mapped rows through this process, whose resident memory
+    would grow to their size."""
+    names = list(splits)
+    for name in names:
+        ds = splits[name]
+        files = ds.cache_files
+        if ds._indices is not None or len(files) != 1:  # not one file as prepare() writes it
+            ds.save_to_disk(str(directory / name))
+            continue
+        (directory / name).mkdir(parents=True)
+        shutil.copyfile(files[0]["filename"], directory / name / "data-00000-of-00001.arrow")
+        ds.info.write_to_directory(str(directory / name))
+        state = {key: getattr(ds, key) for key in ("_fingerprint", "_format_columns", "_format_kwargs", "_format_type",
+                                                    "_output_all_columns")}
+        state.update(_split=None, _data_files=[{"filename": "data-00000-of-00001.arrow"}])
+        write_json_atomic(directory / name / "state.json", state)
+    write_json_atomic(directory / "dataset_dict.json", {"splits": names})
 
 
 def run(cfg: PrepareRunConfig) -> Prepared:
@@ -249,5 +270,13 @@ def run(cfg: PrepareRunConfig) -> Prepared:
     for i in range(min(cfg.inspect, len(train))):
         print(f"\n--- train row {i} ({len(train[i]['input_ids'])} tokens; trained tokens highlighted) ---")
         print(render_example(train[i]["input_ids"], train[i]["labels"], tokenizer, color=None))
+    if cfg.inspect_html:
+        from sft.data.inspect_html import inspect_page
+        from sft.io import write_text_atomic
+
+        shown = [train[i] for i in range(min(cfg.inspect or 8, len(train)))]
+        eot = prepared.report["template_details"]["end_of_turn"]
+        write_text_atomic(out / "inspect.html", inspect_page(shown, tokenizer, eot, prepared.report))
+        print(f"wrote {out / 'inspect.html'}")
     print(f"\nwrote {out / 'dataset'} and {out / 'report.json'}")
     return prepared
