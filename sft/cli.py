@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sft.config import register_configs
 from sft.errors import ConfigError, SftError
+from sft.quiet import quiet_libraries
 
 CONFIG_PATH = "pkg://sft.conf"
 register_configs()
@@ -54,6 +55,7 @@ def typed(cfg: DictConfig) -> Any:
 
 def run_command(command: Callable[[Any], Any], cfg: DictConfig) -> Any:
     debug = bool(cfg.get("debug", False))
+    quiet_libraries(debug)
     try:
         return command(typed(cfg))
     except SftError as e:

@@ -13,6 +13,7 @@ from typing import Any
 
 MISSING = "???"  # what omegaconf.MISSING is: a value the user must give (Hydra fails at start-up without it)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # train.report_to
 
 
 def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
@@ -216,6 +217,11 @@ class TrainConfig:
     save_steps: int = 50  # checkpoint every N optimizer steps
     save_total_limit: int = 2  # keep the newest N checkpoints
     eval_at_start: bool = True  # evaluate before the first step, so the run records the eval loss before training
+    # where metrics go: any of tensorboard (<out_dir>/tensorboard), wandb, mlflow, trackio; [none] for none. One tracker
+    # run per run directory, continued across restarts (its id is in <out_dir>/trackers.json)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "sft"  # W&B / trackio project, MLflow experiment
+    run_name: str | None = None  # the tracker run's name; null = the run directory's name
 
     def problems(self, key: str) -> list[str]:
         out = at_least(self, f"{key}.", 1, ("micro_batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"))
@@ -228,6 +234,10 @@ class TrainConfig:
         from transformers.trainer_utils import SchedulerType
         from transformers.training_args import OptimizerNames
 
+        out += [f"{key}.report_to={name!r}: must be one of {', '.join(TRACKERS)}, or none" for name in self.report_to
+                if name not in (*TRACKERS, "none")]
+        if "none" in self.report_to and len(self.report_to) > 1:
+            out.append(f"{key}.report_to: none cannot be combined with a tracker")
         out += one_of(f"{key}.scheduler", self.scheduler, tuple(s.value for s in SchedulerType))
         out += one_of(f"{key}.optim", self.optim, ("auto", *(o.value for o in OptimizerNames)))
         return out

@@ -4,8 +4,8 @@
 
 For each model it writes a resumable generation run (`<out_dir>/base/`, `<out_dir>/adapter/`) and scores
 it with exact match, token F1 and ROUGE-L (sft.evaluate.metrics), and computes the loss and perplexity of the
-references (sft.evaluate.reference). The table goes to stdout as markdown and to `<out_dir>/eval.json` and
-`eval.md`.
+references (sft.evaluate.reference). The table goes to stdout as markdown and to `<out_dir>/eval.json`,
+`eval.md` and `eval.html` (every example, with diffs against the reference: sft.evaluate.html).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 from sft.config import DataConfig, EvalRunConfig
 from sft.data.sources import describe_data
-from sft.errors import DataError
+from sft.errors import ConfigError, DataError
+from sft.evaluate.html import eval_page
 from sft.evaluate.metrics import score_rows
 from sft.evaluate.reference import reference_loss
 from sft.evaluate.report import markdown_table, variants
@@ -36,9 +37,10 @@ def evaluate_variant(cfg: EvalRunConfig, name: str, src: AdapterSource | None, m
     with model.disable_adapter() if use_base else contextlib.nullcontext():
         result: dict[str, Any] = {"model": model_name(setup.model) + (f" + {src.path}" if src else "")}
         rows: list[dict[str, Any]] = []
+        result["_rows"] = rows  # for report_to; taken out before the report is written
         if cfg.generate:
-            rows = generate_into(Path(cfg.out_dir) / name, model, setup.tokenizer, setup.items, ident,
-                                 {"data": describe_data(setup.data), "split": cfg.split}, result["model"])
+            rows += generate_into(Path(cfg.out_dir) / name, model, setup.tokenizer, setup.items, ident,
+                                  {"data": describe_data(setup.data), "split": cfg.split}, result["model"])
             result.update(score_rows(rows))
         result.update(reference_loss(model, setup.tokenizer, setup.records, setup.prompt, setup.data, cfg.loss_batch_size))
         by_source = result.pop("by_source", None)
@@ -61,7 +63,12 @@ def warn_data_drift(source: AdapterSource | None, data: DataConfig) -> None:
 
 def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str, Any]:
     """sft-eval. given_data_keys: the data.* keys set on the command line (sft.generate.setup.resolve_setup)."""
+    from sft.run.trackers import check_installed
+
+    check_installed(cfg.report_to, "report_to")  # before any model loads
     setup = resolve_setup(cfg, given_data_keys, items=cfg.generate)
+    if cfg.report_to:
+        tracked_run(cfg, setup.source)
     warn_data_drift(setup.source, setup.data)
     missing = next((r for r in setup.records if describe(r)[2] is None), None)
     if missing is not None:  # only split=all reads prompt-only records; scores and loss need the answer
@@ -74,6 +81,7 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
             check_resumable(Path(cfg.out_dir) / name, idents[name])
     model = load_for_inference(setup, cfg.quant)
     results = {name: evaluate_variant(cfg, name, src, model, setup, idents[name]) for name, src in variants(cfg.compare_base, setup.source)}
+    generated = {name: result.pop("_rows") for name, result in results.items()}
     table = markdown_table(results)
     sources = list(next(iter(results.values())).get("sources", {}))
     for source in sources:  # one table per source of a mixture, after the overall one
@@ -84,6 +92,46 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
               "adapter": str(setup.source.path) if setup.source else None, "results": results, "table": table}
     write_json_atomic(out / "eval.json", report)
     write_text_atomic(out / "eval.md", table + "\n")
+    write_text_atomic(out / "eval.html", eval_page(report, results, generated))
     print(table)
-    print(f"\nwrote {out / 'eval.json'}")
+    print(f"\nwrote {out / 'eval.json'}, eval.md and eval.html")
+    if cfg.report_to:
+        report_to_trackers(cfg, setup.source, results, generated)
     return report
+
+
+def report_to_trackers(cfg: EvalRunConfig, source: AdapterSource | None, results: dict[str, Any],
+                       generated: dict[str, list[dict[str, Any]]]) -> None:
+    """The table's figures and the first report_samples generations, into the training run's tracker runs."""
+    from sft.run.trackers import attach
+
+    run = tracked_run(cfg, source)
+    trackers = attach(run, cfg.report_to, "", "", create=False)
+    figures = {f"sft_eval/{variant}/{metric}": value for variant, result in results.items()
+               for metric, value in result.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    variants_ = list(generated)
+    by_key = {v: {(r.get("source"), r["id"], r["sample"]): r for r in rows} for v, rows in generated.items()}
+    first = generated[variants_[-1]][: cfg.report_samples] if variants_ else []
+    columns = ["id", "prompt", "reference", *[f"{v} output" for v in variants_]]
+    samples = [[r["id"], r["prompt"], r.get("reference"), *[by_key[v].get((r.get("source"), r["id"], r["sample"]), {}).get("output")
+                                                         for v in variants_]] for r in first]
+    for tracker in trackers:
+        tracker.summarize(figures)
+        if samples:
+            tracker.table("sft_eval/generations", columns, samples)
+        tracker.finish()
+    print(f"logged to the training run's {', '.join(t.name for t in trackers)} run")
+
+
+def tracked_run(cfg: EvalRunConfig, source: AdapterSource | None) -> Path:
+    """The training run directory whose tracker runs report_to names; checked before any model loads."""
+    from sft.run.trackers import read_ids
+
+    run = source.run if source else None
+    ids = read_ids(run.path) if run is not None else {}
+    missing = [n for n in cfg.report_to if n not in ids]
+    if run is None or missing:
+        raise ConfigError(f"report_to={cfg.report_to}: adapter={source.path if source else None} has no "
+                          f"{', '.join(missing)} run in its trackers.json: train with train.report_to=[...] to log "
+                          "its evaluation there")
+    return run.path

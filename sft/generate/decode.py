@@ -12,6 +12,8 @@ entries are dropped, and the remaining rows run on a smaller batch.
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -97,6 +99,13 @@ def _advance(rows: list[RowState], active: list[int], tokens: list[int], raw: to
 
 
 @torch.inference_mode()
+def cache_argument(model: Any) -> str:
+    """The forward argument that takes the KV cache: `cache` in current transformers, `past_key_values` before
+    (deprecated since; a PEFT model forwards either to its base)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def decode(
     model: Any, prompts: list[list[int]], seeds: list[int], cfg: GenerationConfig, stopping: Stopping, pad_id: int
 ) -> list[Decoded]:
@@ -109,8 +118,9 @@ def decode(
     starts = [len(p) for p in prompts]
     active = list(range(len(prompts)))
     cache = DynamicCache(config=model.config)
+    with_cache = {cache_argument(model): cache}
     done: list[Decoded] = []
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **with_cache)
     while True:
         logits = out.logits[:, -1, :].float()
         raw = torch.log_softmax(logits, dim=-1) if cfg.logprobs else None
@@ -125,7 +135,7 @@ def decode(
         step_ids = torch.tensor([[rows[i].history[-1]] for i in active], device=device)
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
         positions = positions[:, -1:] + 1
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **with_cache)
 
 
 @torch.inference_mode()

@@ -46,24 +46,29 @@ def embeddings_back_to_bf16(model: Any) -> None:
         head.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
 
 
+def checkpoint_activations(model: Any) -> None:
+    """Activation (gradient) checkpointing of every layer, non-reentrant: `activation_checkpointing_enable` where
+    transformers has it (its old name is deprecated), else `gradient_checkpointing_enable`."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+
+
 def enable_checkpointing(model: Any, quant: QuantConfig, gradient_checkpointing: bool) -> Any:
     """k-bit preparation (fp32 norms, frozen base) for quantized models; checkpointing if asked."""
     from peft import prepare_model_for_kbit_training
 
     keep_one_cpu_kernel(model)
     if quant.name != "none":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
-        )
+        # checkpointing is turned on below, through the current API (peft's call is the deprecated alias)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         embeddings_back_to_bf16(model)
     else:
         for p in model.parameters():
             p.requires_grad_(False)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
     if gradient_checkpointing:
+        checkpoint_activations(model)
         model.enable_input_require_grads()
     # Padding-free packed batches need use_cache=False: with a cache, transformers builds a DynamicCache and
     # skips the detection of packed sequences from position_ids (examples would attend to each other).

@@ -33,6 +33,10 @@ class StopOnPreemption(TrainerCallback):
         self.preemption = preemption
         self.stopped_at: int | None = None
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+        self.preemption.arm()  # the step loop starts: a signal now waits for the next step boundary
+        return control
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         if self.preemption.agreed() and state.global_step < state.max_steps:
             control.should_save = True
@@ -100,3 +104,36 @@ def eval_line(step: int, logs: dict[str, Any]) -> str:
     """`step 10: eval loss 1.2345 (alpaca 1.1000, chats 1.4000)`: the overall loss, then each source's."""
     per_source = ", ".join(f"{k.removeprefix('eval_loss/')} {v:.4f}" for k, v in logs.items() if k.startswith("eval_loss/"))
     return f"step {step}: eval loss {logs['eval_loss']:.4f}" + (f" ({per_source})" if per_source else "")
+
+
+class TrackerLogs(TrainerCallback):
+    """Sends every trainer log to the run's trackers (W&B, MLflow, trackio: sft.run.trackers), rank 0 only.
+
+    After a restart each tracker run is first given what it lacks of the steps up to the checkpoint the run resumes
+    from (`earlier`: metrics.jsonl's rows from before the restart; a kill can keep a tracker's last points from
+    reaching it, and those steps are not trained again). The steps trained again that a tracker already holds are
+    not sent twice (the same figures: resuming is bitwise)."""
+
+    def __init__(self, trackers: list[Any], earlier: list[dict[str, Any]] | None = None) -> None:
+        self.trackers = []
+        for tracker in trackers:
+            held = tracker.last_step()
+            for row in earlier or []:
+                if row.get("step", -1) > held:
+                    self._send(tracker, row, row["step"])
+            self.trackers.append((tracker, max([held] + [r["step"] for r in earlier or []])))
+
+    @staticmethod
+    def _send(tracker: Any, logs: dict[str, Any], step: int) -> None:
+        from sft.run.trackers import metric_name
+
+        metrics = {metric_name(k): v for k, v in logs.items() if isinstance(v, (int, float)) and metric_name(k)}
+        if metrics:
+            tracker.log(metrics, step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        for tracker, held in self.trackers:
+            if state.global_step > held:
+                self._send(tracker, logs, state.global_step)

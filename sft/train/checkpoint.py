@@ -5,7 +5,8 @@ everything (adapter, optimizer, scheduler, RNG states of every rank, trainer sta
 killed mid-write leaves only a `.tmp-*` directory, which is never resumed from and is removed on the next save.
 
 SIGTERM and SIGUSR1 (what Slurm sends before preemption or the time limit) set a flag; at the next optimizer
-step boundary the trainer saves a checkpoint, stops, and the command exits with EXIT_PREEMPTED.
+step boundary the trainer saves a checkpoint, stops, and the command exits with EXIT_PREEMPTED. Before the first
+step there is nothing to save: a signal then ends the command at once, with the same exit status.
 """
 
 from __future__ import annotations
@@ -64,23 +65,49 @@ class AtomicCheckpointMixin:
             dist.barrier()
 
 
+class PreemptedBeforeTraining(BaseException):
+    """A signal arrived before the first step (data preparation, model load, the first evaluation): nothing is
+    trained yet, so the run ends at once instead of at a step boundary that may be minutes away."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 class Preemption:
-    """Turns SIGTERM/SIGUSR1 into a flag the trainer checks at step boundaries (all ranks agree)."""
+    """SIGTERM/SIGUSR1 handling of a training run. Before training starts, a signal ends the run at once
+    (PreemptedBeforeTraining: Slurm's KillWait is short, and set-up can take minutes); once armed, when the
+    step loop starts, it only sets a flag the trainer checks at step boundaries (all ranks agree). `uninstall`
+    puts the previous handlers back."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
     def __init__(self) -> None:
         self.requested = False
+        self.armed = False
         self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         for name in self.SIGNALS:
             if hasattr(signal, name):
-                signal.signal(getattr(signal, name), self._handle)
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+
+    def arm(self) -> None:
+        """From now on a signal waits for the next step boundary (where a checkpoint is saved)."""
+        self.armed = True
+
+    def uninstall(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        if not self.armed:
+            raise PreemptedBeforeTraining(self.signal_name)
 
     def agreed(self) -> bool:
         """True on every rank as soon as any rank got a signal (one all-reduce per step when distributed)."""

@@ -18,8 +18,9 @@ from sft.model.load import load_model, load_tokenizer
 from sft.model.lora import add_lora, trainable_summary
 from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
 from sft.run.rundir import RunDir, run_config
-from sft.train.callbacks import LogAtCheckpoints, MetricsFile, Progress, StopOnPreemption
-from sft.train.checkpoint import EXIT_PREEMPTED, Preemption
+from sft.run.trackers import KINDS, TRACKERS_FILE, attach, check_installed, chosen
+from sft.train.callbacks import LogAtCheckpoints, MetricsFile, Progress, StopOnPreemption, TrackerLogs
+from sft.train.checkpoint import EXIT_PREEMPTED, Preemption, PreemptedBeforeTraining
 from sft.train.report import plot_loss, summary_line
 from sft.train.trainer import SftTrainer, training_arguments
 
@@ -34,7 +35,7 @@ def build_model(cfg: TrainRunConfig, device: str) -> Any:
 
 
 def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any, tokenizer: Any, run: RunDir,
-                  stopper: StopOnPreemption) -> SftTrainer:
+                  stopper: StopOnPreemption, trackers: list[Any]) -> SftTrainer:
     from transformers import ProgressCallback
 
     splits = prepared.datasets
@@ -54,7 +55,12 @@ def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any
     trainer.add_callback(stopper)  # before LogAtCheckpoints, which logs at the checkpoint a preemption asks for
     trainer.add_callback(LogAtCheckpoints())
     trainer.add_callback(MetricsFile(run.metrics_file))
-    if args.process_index == 0:
+    trainer.trackers = trackers  # type: ignore[attr-defined]
+    if trackers:  # what was logged up to the checkpoint to resume from (metrics.jsonl, before resume_point cuts it)
+        checkpoint = run.latest_checkpoint()
+        upto = checkpoint_step(checkpoint) if checkpoint else -1
+        trainer.add_callback(TrackerLogs(trackers, [r for r in run.read_metrics() if r.get("step", -1) <= upto]))
+    if args.process_index == 0 and "tensorboard" in chosen(cfg.train.report_to):
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
@@ -66,6 +72,27 @@ def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any
         board.logging_dir = str(run.tensorboard)  # where it reopens its writer after train() closed it
         trainer.add_callback(board)
     return trainer
+
+
+def tracker_config(cfg: TrainRunConfig, report: dict[str, Any]) -> dict[str, Any]:
+    """What a tracker run records of the run: its resolved config and the data report's figures."""
+    train = report["splits"]["train"]
+    data = {"records_read": report["records_read"], "bad_records": report["bad_records"], "kept": train["kept"],
+            "total_tokens": train["total_tokens"], "trained_tokens": train["trained_tokens"]}
+    if "packing" in train:
+        data["packing_efficiency"] = round(train["packing"]["efficiency"], 4)
+    for name, source in report.get("sources", {}).items():
+        if len(report["sources"]) > 1:
+            data[f"source/{name}/drawn"] = source["mixture"]["drawn"]
+            data[f"source/{name}/share_of_examples"] = round(source["mixture"]["share_of_examples"], 4)
+    return {**run_config(cfg), "data_report": data}
+
+
+def close_trackers(trainer: SftTrainer, summary: dict[str, Any] | None = None) -> None:
+    for tracker in getattr(trainer, "trackers", []):
+        if summary:
+            tracker.summarize(summary)
+        tracker.finish()
 
 
 def resume_point(trainer: SftTrainer, run: RunDir) -> Path | None:
@@ -123,6 +150,10 @@ def finish(trainer: SftTrainer, run: RunDir, started: float) -> None:
     plot_loss(metrics, run.path / "loss.png")
     line = summary_line(metrics, time.time() - started)
     run.mark_finished({"global_step": trainer.state.global_step, "trained_tokens": trainer.trained_tokens, "summary": line})
+    final = metrics[-1] if metrics else {}
+    close_trackers(trainer, {"summary": line, "global_step": trainer.state.global_step,
+                             "trained_tokens": trainer.trained_tokens,
+                             **{f"final/{k}": v for k, v in final.items() if k.startswith("eval_loss")}})
     print(f"{line}\nrun directory: {run.path} (adapter in {run.adapter})")
 
 
@@ -175,13 +206,31 @@ def train(cfg: TrainRunConfig) -> int:
         changed = run.changed_keys(run_config(cfg))
         print(f"{out}: the run there stopped before its first checkpoint; starting over with the changed "
               f"settings ({', '.join(changed)})")
+        (out / TRACKERS_FILE).unlink(missing_ok=True)  # other settings: new tracker runs, not the old ones continued
+    check_installed(cfg.train.report_to)  # before any model loads
     preemption = Preemption()
-    preemption.install()  # a signal from here on stops at the first step boundary, with a checkpoint
+    preemption.install()  # until the step loop starts a signal ends the run at once, then at a step boundary
+    try:
+        return train_run(cfg, run, preemption, started)
+    except PreemptedBeforeTraining as stop:
+        print(f"{stop.signal_name} before the first training step: nothing trained to save; rerun the same command "
+              f"to start (exit {EXIT_PREEMPTED})", flush=True)
+        return EXIT_PREEMPTED
+    finally:
+        preemption.uninstall()
+
+
+def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started: float) -> int:
+    out = run.path
     tokenizer, prepared, args = prepare_run(cfg, run)
+    trackers = []  # rank 0's W&B / MLflow / trackio runs, attached before the model loads (a store it cannot use fails fast)
+    if args.process_index == 0 and any(n in KINDS for n in chosen(cfg.train.report_to)):
+        trackers = attach(run.path, cfg.train.report_to, cfg.train.project, cfg.train.run_name or run.path.resolve().name,
+                          tracker_config(cfg, prepared.report))
     model = build_model(cfg, str(args.device))
     print(trainable_summary(model))
     stopper = StopOnPreemption(preemption)
-    trainer = build_trainer(cfg, model, prepared, args, tokenizer, run, stopper)
+    trainer = build_trainer(cfg, model, prepared, args, tokenizer, run, stopper, trackers)
     checkpoint = resume_point(trainer, run)
     if checkpoint is None and trainer.eval_dataset is not None and cfg.train.eval_at_start:
         trainer.evaluate()  # step 0: the eval loss before any training
@@ -192,6 +241,7 @@ def train(cfg: TrainRunConfig) -> int:
         return 0
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stopper.stopped_at is not None:
+        close_trackers(trainer)
         if trainer.is_world_process_zero():
             print(f"{preemption.signal_name}: saved checkpoint-{stopper.stopped_at}; rerun the same command with "
                   f"out_dir={out.resolve()} to resume (exit {EXIT_PREEMPTED})")

@@ -99,3 +99,5 @@ def test_a_mixture_run_is_evaluated_on_each_sources_held_out_records_with_a_tabl
     assert sorted({r["source"] for r in rows}) == ["a", "b"] and len(rows) == result["examples"]
     table = (tmp_path / "eval" / "eval.md").read_text()
     assert "source a:" in table and "source b:" in table and table.count("| loss |") == 3
+    page = (tmp_path / "eval" / "eval.html").read_text()  # every example, and a table per source too
+    assert page.count('<section class="example') == len(rows) and page.count("<h3>source ") == 2

@@ -332,3 +332,63 @@ def test_launcher_generation_stopped_by_the_warning_requeues_and_finishes_the_sa
     assert submit.returncode == 0, output[-4000:]
     assert int(job_info(job)["Restarts"]) == 1
     assert rows.read_bytes() == (reference / "generations.jsonl").read_bytes()
+
+
+def launcher_without(*keys: str) -> list[str]:
+    """LAUNCHER with the given keys left at the launcher's defaults (conf/hydra/launcher/slurm.yaml)."""
+    return [o for o in LAUNCHER if o.split("=")[0].removeprefix("hydra.launcher.") not in keys]
+
+
+def test_a_gpu_request_on_a_cluster_without_gpus_is_one_message_before_submitting(
+    cluster: list[str], tiny_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    done = sft("train", "-m", *launcher_without("gpus_per_node"), *train_overrides(tiny_dir, data_file),
+               f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "hydra.launcher.gpus_per_node=1: partition" in done.stderr and "has no GPUs" in done.stderr
+    assert "hydra.launcher.gpus_per_node=null" in done.stderr and "Traceback" not in done.stderr
+    assert not (sweep / ".submitit").exists()  # nothing was submitted
+
+
+def test_a_request_larger_than_every_node_is_one_message_naming_the_keys(
+    cluster: list[str], tiny_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    done = sft("train", "-m", *launcher_without("cpus_per_task", "mem_gb"), "hydra.launcher.cpus_per_task=4096",
+               "hydra.launcher.mem_gb=100000", *train_overrides(tiny_dir, data_file), f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 1, done.stderr[-3000:]
+    for key in ("hydra.launcher.cpus_per_task=4096", "hydra.launcher.mem_gb=100000"):
+        assert key in done.stderr, done.stderr[-3000:]
+    assert "Reason=PartitionConfig" in done.stderr and "Traceback" not in done.stderr
+    assert not (sweep / ".submitit").exists()
+
+
+def test_scancel_during_data_preparation_ends_the_job_within_seconds(
+    cluster: list[str], tiny_dir: Path, tmp_path: Path
+) -> None:
+    big = write_jsonl(tmp_path / "big.jsonl", [{"instruction": f"say {WORDS[i % 8]} {i}", "input": "",
+                                                "output": " ".join(WORDS) * 4} for i in range(200_000)])
+    args = [f"model.path={tiny_dir}", "quant=none", "prompt=custom", f"data.path={big}", "data.eval_path=null",
+            "data.max_seq_len=512", "data.num_proc=1", "cache=false", "train.max_steps=2"]
+    run = tmp_path / "run"
+    job = sbatch("single_gpu.sbatch", tmp_path, "train", *args, f"out_dir={run}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    cluster.append(job)
+    log = tmp_path / f"{job}.out"
+    end = time.time() + 300
+    while not (log.is_file() and "tokenizing data source" in log.read_text()):
+        assert job_info(job).get("JobState") in ("PENDING", "RUNNING"), log.read_text()[-3000:] if log.is_file() else ""
+        assert time.time() < end, "the job did not start preparing its data"
+        time.sleep(0.2)
+    time.sleep(2)  # well inside the preparation (200k records: a minute or more on one process)
+    cancelled = time.time()
+    subprocess.run(["scancel", job], check=True)
+    while job_info(job).get("JobState") not in ("CANCELLED", "COMPLETED", "FAILED"):
+        assert time.time() - cancelled < 60, "the job is still running a minute after scancel"
+        time.sleep(0.2)
+    took = time.time() - cancelled
+    end = time.time() + 10
+    while "SIGTERM before the first training step" not in (out := log.read_text()) and time.time() < end:
+        time.sleep(0.2)  # the log is written by the node's slurmd: give it a moment
+    assert "SIGTERM before the first training step" in out, out[-3000:]
+    assert took < 25, f"{took:.0f} s from scancel to the job's end (Slurm's KillWait is 30 s)"

@@ -5,18 +5,29 @@ from __future__ import annotations
 import os
 import signal
 
-from sft.train.checkpoint import Preemption
+import pytest
+
+from sft.train.checkpoint import Preemption, PreemptedBeforeTraining
 
 
-def test_sigterm_and_sigusr1_set_the_preemption_flag() -> None:
+def test_before_the_step_loop_a_signal_ends_at_once_then_it_waits_for_a_step_boundary() -> None:
     before = {s: signal.getsignal(getattr(signal, s)) for s in Preemption.SIGNALS}
     try:
         for name in Preemption.SIGNALS:
             flag = Preemption()
             flag.install()
+            with pytest.raises(PreemptedBeforeTraining) as stopped:  # set-up: data preparation, model load
+                os.kill(os.getpid(), getattr(signal, name))
+            assert stopped.value.signal_name == name
+            flag.uninstall()
+            flag = Preemption()
+            flag.install()
+            flag.arm()  # the step loop started
             assert not flag.agreed()
             os.kill(os.getpid(), getattr(signal, name))
             assert flag.agreed() and flag.signal_name == name
+            flag.uninstall()
+            assert signal.getsignal(getattr(signal, name)) == before[name]  # the handlers from before train()
     finally:
         for name, handler in before.items():
             signal.signal(getattr(signal, name), handler)

@@ -1,0 +1,169 @@
+"""train.report_to with the real tracker libraries, offline: W&B (WANDB_MODE=offline), MLflow (a local file store,
+read back with MlflowClient) and trackio (its local store). A run killed with SIGKILL after a checkpoint and rerun
+is one tracker run, with every step logged once; sft-eval logs its table into the same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, run_sft, write_jsonl
+
+WORDS = ["red", "blue", "green", "tea", "sky", "moon", "cat", "dog"]
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: Any) -> Path:
+    rows = [{"instruction": f"say {WORDS[i % 8]}", "input": "", "output": WORDS[(i * 3) % 8]} for i in range(32)]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
+
+
+def overrides(tiny_dir: Path, data_file: Path, out: Path, tracker: str) -> list[str]:
+    return [f"model.path={tiny_dir}", "quant=none", "prompt=custom", f"data.path={data_file}", "data.eval_path=null",
+            "data.eval_fraction=0.25", "data.max_seq_len=64", "data.packing=true", "train.micro_batch_size=2",
+            "train.grad_accum=1", f"train.max_steps={STEPS}", "train.save_steps=3", "train.eval_steps=3",
+            "train.lr=1e-3", f"train.report_to=[{tracker}]", "train.project=sft-test", f"out_dir={out}"]
+
+
+def tracker_env(tracker: str, root: Path) -> dict[str, str]:
+    return {"wandb": {"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+            "mlflow": {"MLFLOW_TRACKING_URI": (root / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"},
+            "trackio": {"TRACKIO_DIR": str(root / "trackio")}}[tracker]
+
+
+def logged_steps(out: Path) -> list[dict[str, Any]]:
+    if not (out / "metrics.jsonl").is_file():
+        return []
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def kill_after_a_step_past_the_first_checkpoint(args: list[str], out: Path, env: dict[str, str]) -> None:
+    """SIGKILL once a step after checkpoint-3 is logged: the rerun trains those steps again."""
+    proc = subprocess.Popen([sys.executable, "-m", "sft", "train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.time() + 600
+        while not ((out / "checkpoints" / "checkpoint-3").is_dir()
+                   and any(r.get("step", 0) >= 4 and "loss" in r for r in logged_steps(out))):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < end
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert not (out / "finished.json").exists(), "killed too late"
+
+
+def wandb_history(out: Path) -> tuple[set[str], list[tuple[int, str, float]]]:
+    """(run ids, (step, key, value) points) read back from the offline run files under <out>/wandb."""
+    from sft.run.trackers import wandb_history as history
+
+    ids = {p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*")}
+    points = [(int(row["_step"]), k, v) for run_id in ids for row in history(out / "wandb", run_id)
+              for k, v in row.items() if not k.startswith("_")]
+    return ids, points
+
+
+def mlflow_history(root: Path) -> tuple[set[str], list[tuple[int, str, float]], dict[str, str]]:
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 keeps its file store behind this switch
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(root / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("sft-test")
+    runs = client.search_runs([experiment.experiment_id])
+    points = []
+    for run in runs:
+        for key in run.data.metrics:
+            points += [(m.step, key, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+    return {r.info.run_id for r in runs}, points, runs[0].data.params if runs else {}
+
+
+def trackio_history(root: Path, env: dict[str, str]) -> tuple[set[str], list[tuple[int, str, float]]]:
+    script = ("import json, sys; from trackio.sqlite_storage import SQLiteStorage as S; "
+              "runs = S.get_runs('sft-test'); "
+              "print(json.dumps({r: S.get_logs('sft-test', r) for r in runs}))")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    logs = json.loads(done.stdout.strip().splitlines()[-1])
+    points = [(int(row["step"]), k, v) for rows in logs.values() for row in rows for k, v in row.items()
+              if k not in ("step", "timestamp") and isinstance(v, (int, float))]
+    return set(logs), points
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow", "trackio"])
+def test_one_tracker_run_across_a_sigkill_and_resume_with_each_step_once(
+        tracker: str, tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip(tracker)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **tracker_env(tracker, tmp_path)}
+    out = tmp_path / "run"
+    args = overrides(tiny_dir, data_file, out, tracker)
+    kill_after_a_step_past_the_first_checkpoint(args, out, env)
+    ids = json.loads((out / "trackers.json").read_text())[tracker]
+    again = subprocess.run([sys.executable, "-m", "sft", "train", *args], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    assert json.loads((out / "trackers.json").read_text())[tracker] == ids  # the same tracker run, reattached
+
+    if tracker == "wandb":
+        run_ids, points = wandb_history(out)
+    elif tracker == "mlflow":
+        run_ids, points, params = mlflow_history(tmp_path)
+        assert params["train.lr"] == "0.001" and params["data_report.kept"].isdigit()  # config and data report
+    else:
+        run_ids, points = trackio_history(tmp_path, env)
+    assert len(run_ids) == 1
+    losses = sorted((step, value) for step, key, value in points if key == "train/loss")
+    assert [step for step, _ in losses] == list(range(1, STEPS + 1))  # each step once, none lost
+    expected = {r["step"]: r["loss"] for r in logged_steps(out) if "loss" in r}
+    assert all(value == pytest.approx(expected[step]) for step, value in losses)
+    evals = sorted(step for step, key, _ in points if key == "eval/loss")
+    assert evals == [0, 3, 6, 8]
+    assert any(key == "train/lr" for _, key, _ in points) and any(key == "train/grad_norm" for _, key, _ in points)
+
+    ev = subprocess.run([sys.executable, "-m", "sft", "eval", f"adapter={out}", f"report_to=[{tracker}]",
+                         "generation.max_new_tokens=2", f"out_dir={tmp_path / 'eval'}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=900)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert f"logged to the training run's {tracker} run" in ev.stdout
+    if tracker == "mlflow":
+        run_ids_after, points, _ = mlflow_history(tmp_path)
+        assert run_ids_after == run_ids and any(key == "sft_eval/adapter/token_f1" for _, key, _ in points)
+
+
+def test_a_missing_tracker_package_is_one_message_naming_the_extra(monkeypatch: Any) -> None:
+    import importlib.util
+
+    from sft.errors import ConfigError
+    from sft.run.trackers import check_installed
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"train.report_to=wandb: the wandb package is not installed; install it "
+                                          r"with pip install 'sft\[wandb\]'"):
+        check_installed(["tensorboard", "wandb"])
+    check_installed(["tensorboard"])
+
+
+def test_sft_eval_report_to_needs_a_run_that_has_that_tracker(tiny_dir: Path, tmp_path: Path) -> None:
+    from conftest import write_run_config
+
+    pytest.importorskip("mlflow")
+    data = write_jsonl(tmp_path / "x.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}])
+    run = write_run_config(tmp_path / "run", str(tiny_dir), {"path": str(data), "eval_fraction": 0.5})
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_dir),
+                                                                     "peft_type": "LORA"}))
+    done = run_sft("eval", f"adapter={run}", "report_to=[mlflow]", f"out_dir={tmp_path / 'eval'}")
+    assert done.returncode == 1 and "has no mlflow run in its trackers.json" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "eval" / "eval.json").exists()
