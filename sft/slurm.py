@@ -1,4 +1,5 @@
-"""hydra/launcher=slurm: submitit's Slurm launcher, with the request checked against the partition first.
+"""hydra/launcher=slurm: the request checked against the partition before submitit's launcher submits it
+(the launcher itself is hydra_plugins/sft_slurm: Hydra takes launchers from the hydra_plugins package only).
 
 A job asking for GPUs on a partition without any, or for more CPUs or memory than its largest node has, is never
 run: sbatch refuses the first ("Invalid generic resource (gres) specification", deep in a traceback) and leaves
@@ -12,9 +13,8 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
 
 @dataclass
@@ -74,18 +74,3 @@ def stop(problems: list[str]) -> None:
     """One message and exit status 1 (Hydra would print a traceback for an exception raised here)."""
     print("error: the Slurm request cannot run on this cluster:\n  " + "\n  ".join(problems), file=sys.stderr)
     sys.exit(1)
-
-
-class CheckedSlurmLauncher(SlurmLauncher):
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-        problems = request_problems(self.params, partition_nodes(self.params.get("partition")))
-        if problems:
-            stop(problems)
-        try:
-            return super().launch(job_overrides, initial_job_idx)
-        except Exception as e:  # sbatch's refusal, as submitit passes it on
-            text = str(e)
-            if "sbatch" not in text.lower() and "submission" not in text.lower():
-                raise
-            lines = [line.strip() for line in text.splitlines() if "error" in line.lower()] or [text.strip()[-500:]]
-            stop([f"sbatch refused the job: {lines[-1]}"])

@@ -121,5 +121,6 @@ def test_every_package_is_installed():
     import tomllib
 
     listed = set(tomllib.loads((CONF.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(CONF.parent).parts) for p in (CONF.parent / "sft").rglob("__init__.py")}
+    found = {".".join(p.parent.relative_to(CONF.parent).parts) for top in ("sft", "hydra_plugins")
+             for p in (CONF.parent / top).rglob("__init__.py")}
     assert found | {"sft.conf"} == listed
