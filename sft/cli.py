@@ -55,7 +55,6 @@ def typed(cfg: DictConfig) -> Any:
 
 def run_command(command: Callable[[Any], Any], cfg: DictConfig) -> Any:
     debug = bool(cfg.get("debug", False))
-    quiet_libraries(debug)
     try:
         return command(typed(cfg))
     except SftError as e:
@@ -80,6 +79,7 @@ def data_keys_set_by_user() -> set[str]:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="prepare", version_base="1.3")
 def prepare_main(cfg: DictConfig) -> None:
+    quiet_libraries(bool(cfg.get("debug", False)))  # before the stage imports its libraries
     from sft import data
 
     run_command(data.run, cfg)
@@ -87,6 +87,7 @@ def prepare_main(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def train_main(cfg: DictConfig) -> None:
+    quiet_libraries(bool(cfg.get("debug", False)))  # before the stage imports its libraries
     from sft import train
 
     status = run_command(train.run, cfg)
@@ -96,6 +97,7 @@ def train_main(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="merge", version_base="1.3")
 def merge_main(cfg: DictConfig) -> None:
+    quiet_libraries(bool(cfg.get("debug", False)))  # before the stage imports its libraries
     from sft import export
 
     run_command(export.run, cfg)
@@ -103,6 +105,7 @@ def merge_main(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="generate", version_base="1.3")
 def generate_main(cfg: DictConfig) -> None:
+    quiet_libraries(bool(cfg.get("debug", False)))  # before the stage imports its libraries
     from sft import generate
 
     run_command(lambda typed_cfg: generate.run(typed_cfg, data_keys_set_by_user()), cfg)
@@ -110,6 +113,7 @@ def generate_main(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def eval_main(cfg: DictConfig) -> None:
+    quiet_libraries(bool(cfg.get("debug", False)))  # before the stage imports its libraries
     from sft import evaluate
 
     run_command(lambda typed_cfg: evaluate.run(typed_cfg, data_keys_set_by_user()), cfg)
@@ -117,6 +121,7 @@ def eval_main(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="bench", version_base="1.3")
 def bench_main(cfg: DictConfig) -> None:
+    quiet_libraries(bool(cfg.get("debug", False)))  # before the stage imports its libraries
     from hydra.types import RunMode
 
     from sft.evaluate import benchmarks

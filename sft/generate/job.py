@@ -71,7 +71,7 @@ def generate_rows(model: Any, tokenizer: Any, items: list[Item], gen: Generation
     from tqdm import tqdm
 
     todo = sum(it.key not in done for it in items)
-    bar = tqdm(total=todo, unit="prompt", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=todo, unit="prompt", file=sys.stderr, dynamic_ncols=True, mininterval=1.0, disable=not todo)
     start, tokens = time.perf_counter(), 0
     # The plan of the whole run, so a rerun sees the same batches; a batch cut short is decoded whole again (its
     # missing rows then come out bit for bit as in an uninterrupted run, log-probabilities included).

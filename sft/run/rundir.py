@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from sft.config import DataConfig, ModelConfig, PromptConfig
+from sft.config import DataConfig, ModelConfig, PromptConfig, TrainRunConfig
 from sft.schemas import SourceConfig
 from sft.errors import ConfigError
 from sft.io import differing_keys, flatten, write_json_atomic, write_text_atomic
@@ -33,7 +33,9 @@ FINISHED = "finished.json"
 REPORT = "report.json"
 METRICS = "metrics.jsonl"
 # Keys that do not change what is trained: a rerun may set them differently.
-NOT_COMPARED = ("out_dir", "debug", "cache", "inspect")
+# settings that change nothing trained: where outputs and metrics go, how many workers tokenize (the same rows)
+NOT_COMPARED = ("out_dir", "debug", "cache", "inspect", "inspect_html", "data.num_proc", "train.report_to",
+                "train.project", "train.run_name")
 Section = TypeVar("Section")
 
 
@@ -45,8 +47,16 @@ def run_config(cfg: Any) -> dict[str, Any]:
 def describe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """One line per differing key that changes what is trained: its value in the run and now."""
     a, b = flatten(old), flatten(new)
-    return [f"{k}: {a.get(k, '<absent>')!r} in the run, {b.get(k, '<absent>')!r} now"
-            for k in differing_keys(old, new, ignore=NOT_COMPARED)]
+    return [f"{k}: {a.get(k, '<absent>')!r} in the run, {b.get(k, '<absent>')!r} now" for k in compared(old, new)]
+
+
+def compared(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The differing keys that count. A setting added to sft after the run was made is absent from its config.yaml:
+    at its default it does what the run did (a default never changes what an older run trained), so it counts
+    only when set to something else."""
+    defaults, a, b = flatten(run_config(TrainRunConfig())), flatten(old), flatten(new)
+    return [k for k in differing_keys(old, new, ignore=NOT_COMPARED)
+            if not (k not in a and k in defaults and b.get(k) == defaults[k])]
 
 
 class RunDir:
@@ -141,7 +151,7 @@ class RunDir:
         return "finished" if self.is_finished else "resume"
 
     def changed_keys(self, wanted: dict[str, Any]) -> list[str]:
-        return differing_keys(self.config, wanted, ignore=NOT_COMPARED)
+        return compared(self.config, wanted)
 
     # --- writing (rank 0) --------------------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:

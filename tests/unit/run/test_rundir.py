@@ -34,6 +34,16 @@ def test_differing_keys_name_each_change_and_ignore_out_dir() -> None:
     assert describe_differences(old, config()) == []
 
 
+def test_a_setting_added_after_the_run_was_made_counts_only_away_from_its_default() -> None:
+    old = config()
+    del old["data"]["mix_by"], old["data"]["sources"], old["train"]["report_to"]  # a run from before they existed
+    assert describe_differences(old, config()) == []
+    new = config()
+    new["data"]["mix_by"] = "tokens"
+    new["train"]["report_to"] = ["wandb"]  # where metrics go: never a difference
+    assert describe_differences(old, new) == ["data.mix_by: '<absent>' in the run, 'tokens' now"]
+
+
 def test_run_status_new_resume_finished_and_conflict(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     assert run.status(config()) == "new"
