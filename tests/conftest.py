@@ -129,6 +129,26 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
     return path
 
 
+def sigkill_training_when(ready: Any, overrides: list[str], env: dict[str, str] | None = None, poll: float = 0.05) -> None:
+    """Run `python -m sft train overrides...` and SIGKILL it once ready() is true (within 10 minutes); the run must
+    still be unfinished then."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "sft", "train", *overrides], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.time() + 600
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < end, "timed out waiting to kill the run"
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+
+
 def run_sft(command: str, *overrides: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run `python -m sft COMMAND overrides...` as a user would; returns the finished process (no check)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}

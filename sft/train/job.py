@@ -163,7 +163,11 @@ def prepare_run(cfg: TrainRunConfig, run: RunDir) -> tuple[Any, Prepared, Any]:
     from accelerate import PartialState
 
     tokenizer = load_tokenizer(cfg.model)
-    with PartialState().local_main_process_first():  # one preparation per node; the other ranks memory-map it
+    from sft.model.quant import pick_device
+
+    # one preparation per node; the other ranks wait, then memory-map it (cpu=True: under torchrun on CPU, accelerate
+    # otherwise takes every rank for a single process, and each would prepare at once)
+    with PartialState(cpu=pick_device() == "cpu").local_main_process_first():
         prepared = prepare(cfg.data, cfg.prompt, tokenizer, cfg.seed, use_cache=cfg.cache)
     args = training_arguments(cfg.train, cfg.quant, cfg.seed, run.path, "eval" in prepared.datasets, cfg.model.dtype,
                               cfg.data.packing)

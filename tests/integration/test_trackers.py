@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import REPO, run_sft, write_jsonl
+from conftest import REPO, run_sft, sigkill_training_when, write_jsonl
 
 WORDS = ["red", "blue", "green", "tea", "sky", "moon", "cat", "dog"]
 STEPS = 8
@@ -48,19 +46,8 @@ def logged_steps(out: Path) -> list[dict[str, Any]]:
 
 def kill_after_a_step_past_the_first_checkpoint(args: list[str], out: Path, env: dict[str, str]) -> None:
     """SIGKILL once a step after checkpoint-3 is logged: the rerun trains those steps again."""
-    proc = subprocess.Popen([sys.executable, "-m", "sft", "train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        end = time.time() + 600
-        while not ((out / "checkpoints" / "checkpoint-3").is_dir()
-                   and any(r.get("step", 0) >= 4 and "loss" in r for r in logged_steps(out))):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.time() < end
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
+    sigkill_training_when(lambda: (out / "checkpoints" / "checkpoint-3").is_dir() and any(
+        r.get("step", 0) >= 4 and "loss" in r for r in logged_steps(out)), args, env, poll=0.02)
     assert not (out / "finished.json").exists(), "killed too late"
 
 

@@ -4,18 +4,13 @@ uninterrupted one (embedded SmolLM2-135M, QLoRA nf4, CPU)."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_sft
+from conftest import run_sft, sigkill_training_when
 
 STEPS = 3
 
@@ -34,18 +29,7 @@ def logged(out: Path) -> list[tuple[int, float | None, float | None, float | Non
 
 
 def kill_after_first_checkpoint(out: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "sft", "train", *overrides(out)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        end = time.time() + 600
-        while not (out / "checkpoints" / "checkpoint-2").is_dir():
-            assert proc.poll() is None, "the run ended before its first checkpoint"
-            assert time.time() < end
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
+    sigkill_training_when(lambda: (out / "checkpoints" / "checkpoint-2").is_dir(), overrides(out))
     assert not (out / "finished.json").exists(), "killed too late to test resuming"
 
 
