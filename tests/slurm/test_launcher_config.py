@@ -22,7 +22,12 @@ def launcher(tmp_path: Path, command: str, *overrides: str) -> Any:
 @pytest.mark.parametrize("command", ["prepare", "train", "generate", "eval"])
 def test_slurm_launcher_composes_with_warning_requeue_and_trap(tmp_path: Path, command: str) -> None:
     cfg = launcher(tmp_path, command, "hydra/launcher=slurm")
-    assert cfg["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    # submitit's Slurm launcher, checking the request against the partition first (sft/slurm.py)
+    assert cfg["_target_"] == "hydra_plugins.sft_slurm.CheckedSlurmLauncher"
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from hydra_plugins.sft_slurm import CheckedSlurmLauncher
+
+    assert issubclass(CheckedSlurmLauncher, SlurmLauncher)
     assert cfg["additional_parameters"]["requeue"] is True
     # USR1 (which the trainer handles), not submitit's USR2, at signal_delay_s before the limit
     assert cfg["additional_parameters"]["signal"] == "USR1@${..signal_delay_s}" and cfg["signal_delay_s"] > 0
