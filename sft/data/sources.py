@@ -69,4 +69,4 @@ def describe_data(data: DataConfig) -> str:
     """How messages name the data: data.path, or the files of data.sources."""
     if not data.sources:
         return str(data.path)
-    return "data.sources (" + ", ".join(s.path for s in resolve_sources(data) for s in [s.data]) + ")"
+    return "data.sources (" + ", ".join(source.path for source in data.sources) + ")"

@@ -32,22 +32,22 @@ from sft.run.adapter import AdapterSource
 
 
 def evaluate_variant(cfg: EvalRunConfig, name: str, src: AdapterSource | None, model: Any, setup: GenerationSetup,
-                     ident: dict[str, Any]) -> dict[str, Any]:
+                     ident: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One model's figures, and its generation rows (none with generate=false)."""
     use_base = src is None and setup.source is not None
     with model.disable_adapter() if use_base else contextlib.nullcontext():
         result: dict[str, Any] = {"model": model_name(setup.model) + (f" + {src.path}" if src else "")}
         rows: list[dict[str, Any]] = []
-        result["_rows"] = rows  # for report_to; taken out before the report is written
         if cfg.generate:
-            rows += generate_into(Path(cfg.out_dir) / name, model, setup.tokenizer, setup.items, ident,
-                                  {"data": describe_data(setup.data), "split": cfg.split}, result["model"])
+            rows = generate_into(Path(cfg.out_dir) / name, model, setup.tokenizer, setup.items, ident,
+                                 {"data": describe_data(setup.data), "split": cfg.split}, result["model"])
             result.update(score_rows(rows))
         result.update(reference_loss(model, setup.tokenizer, setup.records, setup.prompt, setup.data, cfg.loss_batch_size))
         by_source = result.pop("by_source", None)
         if by_source:  # a mixture's records: the same figures for each source
             result["sources"] = {source: {**(score_rows([r for r in rows if r.get("source") == source]) if cfg.generate else {}),
                                           **loss} for source, loss in by_source.items()}
-    return result
+    return result, rows
 
 
 def warn_data_drift(source: AdapterSource | None, data: DataConfig) -> None:
@@ -80,8 +80,9 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
         for name in idents:  # a wrong out_dir fails before the model loads
             check_resumable(Path(cfg.out_dir) / name, idents[name])
     model = load_for_inference(setup, cfg.quant)
-    results = {name: evaluate_variant(cfg, name, src, model, setup, idents[name]) for name, src in variants(cfg.compare_base, setup.source)}
-    generated = {name: result.pop("_rows") for name, result in results.items()}
+    scored = {name: evaluate_variant(cfg, name, src, model, setup, idents[name]) for name, src in variants(cfg.compare_base, setup.source)}
+    results = {name: result for name, (result, _) in scored.items()}
+    generated = {name: rows for name, (_, rows) in scored.items()}  # the generation rows: eval.html and report_to
     table = markdown_table(results)
     sources = list(next(iter(results.values())).get("sources", {}))
     for source in sources:  # one table per source of a mixture, after the overall one
