@@ -63,7 +63,9 @@ def test_pack_is_deterministic_per_seed_and_keeps_every_token():
 def test_packed_collator_flattens_rows_without_attention_mask():
     rows = [concat_examples([example(3, 10)]), concat_examples([example(2, 20), example(2, 30)])]
     batch = PackedCollator()(rows)
-    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert set(batch) == {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                          "max_length_k"}  # no attention_mask
     assert batch["input_ids"].tolist() == [[10, 11, 12, 20, 21, 30, 31]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1]]
     assert batch["labels"].tolist() == [[X, 11, 12, X, 21, X, 31]]
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 7] and batch["max_length_q"] == 3

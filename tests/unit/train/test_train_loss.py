@@ -328,7 +328,7 @@ def test_per_row_eval_sums_are_the_same_with_the_models_own_head(monkeypatch: An
 
     model = lora_model(randomize=True).eval()
     batch = PackedCollator()(list(two_rows()))
-    batch = {k: v.repeat(2, 1) for k, v in batch.items()}  # two identical rows
+    batch = {k: batch[k].repeat(2, 1) for k in ("input_ids", "labels", "position_ids")}  # two identical rows
     with torch.no_grad():
         sums, counts = sft.train.loss.trained_loss_per_row(model, batch)
         monkeypatch.setattr(sft.train.loss, "plain_linear_head", lambda lm: None)
