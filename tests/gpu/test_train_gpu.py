@@ -39,7 +39,7 @@ def test_padded_and_packed_losses_agree_on_gpu_in_bf16(smollm2_dir: str, smollm2
         target = smollm2_tokenizer(answer, add_special_tokens=False)["input_ids"] + [smollm2_tokenizer.eos_token_id]
         rows.append({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target,
                      "position_ids": list(range(len(prompt) + len(target)))})
-    to_cuda = lambda b: {k: v.cuda() for k, v in b.items()}  # noqa: E731
+    to_cuda = lambda b: {k: v.cuda() if torch.is_tensor(v) else v for k, v in b.items()}  # noqa: E731
     with torch.no_grad():
         padded = model(**to_cuda(PaddedCollator(smollm2_tokenizer.pad_token_id)(rows))).loss
         packed = model(**to_cuda(PackedCollator()(rows))).loss
