@@ -172,7 +172,8 @@ class QuantConfig:
     name: str = "nf4"  # nf4 | fp4 (4-bit bitsandbytes) | int8 (LLM.int8) | none (plain LoRA on full-precision weights)
     double_quant: bool = True  # quantize the 4-bit scales too (~0.4 bit/param saved)
     compute_dtype: str = "auto"  # matmul dtype of 4-bit layers: auto (bf16 if supported, else fp16 on GPU, fp32 on CPU)
-    quant_storage: str = "uint8"  # storage dtype of 4-bit weights; set to the FSDP param dtype (e.g. bfloat16) for FSDP
+    # storage dtype of the packed 4-bit weights; train.fsdp needs the compute dtype (float32 on CPU, bfloat16 on GPU)
+    quant_storage: str = "uint8"
 
     def problems(self, key: str) -> list[str]:
         out = one_of(f"{key}.name", self.name, ("nf4", "fp4", "int8", "none"))
@@ -212,6 +213,9 @@ class TrainConfig:
     max_grad_norm: float = 0.3  # gradient clipping (qlora's value)
     optim: str = "auto"  # auto: paged_adamw_8bit on GPU, adamw_torch on CPU; or any transformers optimizer name
     gradient_checkpointing: bool = True  # trade compute for activation memory
+    # shard the model with FSDP2 across the torchrun processes (4-bit weights need quant.quant_storage = the dtype
+    # of the other parameters); its checkpoints hold the adapter but not the sharded optimizer: no resume
+    fsdp: bool = False
     eval_steps: int = 0  # evaluate on the held-out split every N steps; 0 = only before and after training
     logging_steps: int = 1  # log metrics every N optimizer steps, at every checkpoint and at the last step
     save_steps: int = 50  # checkpoint every N optimizer steps

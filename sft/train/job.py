@@ -14,8 +14,10 @@ from sft.config import TrainRunConfig
 from sft.data.collate import make_collator
 from sft.data.inspect import summary_lines
 from sft.data.prepare import Prepared, prepare
+from sft.errors import ConfigError
 from sft.model.load import load_model, load_tokenizer
 from sft.model.lora import add_lora, trainable_summary
+from sft.model.fsdp import check_fsdp, shard_fsdp
 from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
 from sft.run.rundir import RunDir, run_config
 from sft.run.trackers import KINDS, TRACKERS_FILE, attach, check_installed, chosen
@@ -227,12 +229,21 @@ def train(cfg: TrainRunConfig) -> int:
 def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started: float) -> int:
     out = run.path
     tokenizer, prepared, args = prepare_run(cfg, run)
+    if cfg.train.fsdp:
+        check_fsdp(cfg.quant, args.device.type, args.world_size)
+        if run.latest_checkpoint() is not None:
+            raise ConfigError(f"{out}: train.fsdp=true runs do not resume (their checkpoints hold the adapter, "
+                              "not the sharded optimizer state); start a new run in another out_dir")
     trackers = []  # rank 0's W&B / MLflow / trackio runs, attached before the model loads (a store it cannot use fails fast)
     if args.process_index == 0 and any(n in KINDS for n in chosen(cfg.train.report_to)):
         trackers = attach(run.path, cfg.train.report_to, cfg.train.project, cfg.train.run_name or run.path.resolve().name,
                           tracker_config(cfg, prepared.report))
     model = build_model(cfg, str(args.device))
     print(trainable_summary(model))
+    if cfg.train.fsdp:
+        line = shard_fsdp(model)  # after LoRA: the adapters are sharded with the blocks that hold them
+        if args.process_index == 0:
+            print(line)
     stopper = StopOnPreemption(preemption)
     trainer = build_trainer(cfg, model, prepared, args, tokenizer, run, stopper, trackers)
     checkpoint = resume_point(trainer, run)

@@ -18,8 +18,12 @@ memory of the recomputing version here on 1,024 positions (4.3 s and 1,060 MiB a
 forward and backward; the previous checkpointed cross_entropy chunks: 2.2 s and 149 MiB).
 
 The head is frozen (LoRA leaves it alone, `all-linear` excludes it), so calling it outside the wrapped
-model's forward changes nothing for DDP. Models whose logits pass through more than a linear head
-(soft-capping, logit scaling) and heads that are trained (`lora.modules_to_save`) use the model's own loss.
+model's forward changes nothing for DDP. Under FSDP2 (train.fsdp) the head is its own FSDP unit, whose weight
+outside a forward is this rank's shard (a DTensor of vocab/ranks rows): the loss unshards that unit (an
+all-gather every rank joins, as every rank computes its loss) and reshards it after (`unsharded_head`).
+
+Models whose logits pass through more than a linear head (soft-capping, logit scaling) and heads that are
+trained (`lora.modules_to_save`) use the model's own loss.
 """
 
 from __future__ import annotations
@@ -41,6 +45,28 @@ def causal_lm(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def own_class(module: torch.nn.Module) -> type:
+    """The module's class; FSDP2 swaps a sharded module's class for FSDP<Name>(FSDPModule, <Name>)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return type(module).__bases__[-1] if isinstance(module, FSDPModule) else type(module)
+
+
+@contextlib.contextmanager
+def unsharded_head(head: torch.nn.Module) -> Iterator[None]:
+    """The head's full weight for the duration, when FSDP2 shards it (see the module docstring)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(head, FSDPModule):
+        yield
+        return
+    head.unshard()
+    try:
+        yield
+    finally:
+        head.reshard()
+
+
 def plain_linear_head(lm: Any) -> torch.nn.Linear | None:
     """The output head when logits = head(hidden) exactly and the head is frozen; None otherwise."""
     configs = [lm.config]
@@ -52,7 +78,7 @@ def plain_linear_head(lm: Any) -> torch.nn.Linear | None:
         if getattr(config, "logits_scaling", 1.0) not in (None, 1.0):
             return None
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear or any(p.requires_grad for p in head.parameters()):
+    if head is None or own_class(head) is not torch.nn.Linear or any(p.requires_grad for p in head.parameters()):
         return None
     return head
 
@@ -120,6 +146,10 @@ class _TrainedTokenCrossEntropy(torch.autograd.Function):
 def trained_token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Linear) -> tuple[torch.Tensor, int]:
     """Sum of the cross-entropy over positions whose next label is trained, and how many there are.
     hidden: [B, T, d] final hidden states; labels: [B, T], unshifted (the model's convention)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(head.weight, DTensor):  # a shard: its logits would cover part of the vocabulary
+        raise TypeError("trained-token loss: the head's weight is an FSDP shard; call this under unsharded_head")
     targets = labels[:, 1:]
     trained = targets != IGNORE_INDEX
     picked, goals = hidden[:, :-1][trained], targets[trained]
@@ -143,7 +173,10 @@ def forward_trained_loss_sum(model: Any, inputs: dict[str, Any]) -> tuple[torch.
     """The summed trained-token loss of `model` on inputs and how many tokens it covers, or None when this
     model needs its own loss (see the module docstring)."""
     found = _hidden_states(model, inputs)
-    return None if found is None else trained_token_loss_sum(found[0], inputs["labels"], found[1])
+    if found is None:
+        return None
+    with unsharded_head(found[1]):
+        return trained_token_loss_sum(found[0], inputs["labels"], found[1])
 
 
 def trained_loss_per_row(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +192,8 @@ def trained_loss_per_row(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tens
                 for b in range(labels.shape[0])]
     else:
         hidden, head = found
-        sums = [trained_token_loss_sum(hidden[b:b + 1], labels[b:b + 1], head)[0] for b in range(labels.shape[0])]
+        with unsharded_head(head):  # one all-gather for the batch's rows
+            sums = [trained_token_loss_sum(hidden[b:b + 1], labels[b:b + 1], head)[0] for b in range(labels.shape[0])]
     return torch.stack(sums).float(), counts
 
 
@@ -180,7 +214,10 @@ def loss_parity(model: Any, inputs: dict[str, Any], limit: int = 1024) -> tuple[
     `limit` positions, when they hold a trained token: the model's own loss keeps the logits of every position),
     in eval mode (no dropout, no random state drawn), or None when the model takes its own loss anyway."""
     def rows(cut: int | None) -> dict[str, Any]:
-        return {k: v[:1, :cut] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
+        # the boundaries of a packed row (cu_seq_lens_*, max_length_*) describe the whole row: left out of a
+        # cut, whose examples the attention then finds from its position_ids
+        return {k: v[:1, :cut] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()
+                if not k.startswith(("cu_seq_lens_", "max_length_"))}
 
     inputs = rows(limit) if (rows(limit)["labels"][:, 1:] != IGNORE_INDEX).any() else rows(None)
     was_training = model.training

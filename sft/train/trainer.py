@@ -35,7 +35,8 @@ def training_arguments(
     packing: bool = False,
 ) -> TrainingArguments:
     """model_dtype: ModelConfig.dtype, which sets the compute precision when nothing is quantized. packing: the
-    rows are packed; each is evaluated on its own (see SftTrainer.prediction_step)."""
+    rows are packed; each is evaluated on its own (see SftTrainer.prediction_step). Under train.fsdp checkpoints
+    hold the adapter only: the Trainer cannot save the optimizer state of a model sharded before it."""
     device = pick_device()
     # bf16 -> bf16 autocast (on CPU too, when asked for: the GPU's numerics on a CPU); fp16 -> fp16 on GPU only
     dtype = str(weights_dtype(model_dtype, quant, device)).removeprefix("torch.")
@@ -67,6 +68,7 @@ def training_arguments(
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
+        save_only_model=train.fsdp,
         remove_unused_columns=False,  # rows are already model inputs; position_ids must reach the model
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
@@ -122,6 +124,17 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         if num_items is not None:
             self.trained_tokens += int(num_items.sum().item() if hasattr(num_items, "sum") else num_items)
         return batches, num_items
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Under FSDP2 every rank gathers the full trainable (adapter) weights, which rank 0 writes; the state dict
+        peft would take from the model holds each rank's shards. Every rank gets here (save_model and checkpoints
+        call it on all of them for a model sharded before the Trainer)."""
+        from torch.distributed.tensor import DTensor
+
+        if state_dict is None and any(isinstance(p, DTensor) for p in self.model.parameters()):
+            state_dict = {name: p.full_tensor().detach().cpu() if isinstance(p, DTensor) else p.detach().cpu()
+                          for name, p in self.model.named_parameters() if p.requires_grad}
+        super()._save(output_dir, state_dict)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
