@@ -54,4 +54,3 @@ def quantization_config(quant: QuantConfig, device: str) -> Any:
         bnb_4bit_compute_dtype=compute_dtype(quant.compute_dtype, device),
         bnb_4bit_quant_storage=getattr(torch, quant.quant_storage),
     )
-
