@@ -216,6 +216,9 @@ class TrainConfig:
     # shard the model with FSDP2 across the torchrun processes (4-bit weights need quant.quant_storage = the dtype
     # of the other parameters); its checkpoints hold the adapter but not the sharded optimizer: no resume
     fsdp: bool = False
+    # fused kernels patched into the base: none | liger (Liger's RoPE, RMSNorm and SwiGLU; CUDA only, `sft[liger]`;
+    # off by default: not yet measured against the plain modules, see README "Benchmarks")
+    kernels: str = "none"
     eval_steps: int = 0  # evaluate on the held-out split every N steps; 0 = only before and after training
     logging_steps: int = 1  # log metrics every N optimizer steps, at every checkpoint and at the last step
     save_steps: int = 50  # checkpoint every N optimizer steps
@@ -244,6 +247,7 @@ class TrainConfig:
             out.append(f"{key}.report_to: none cannot be combined with a tracker")
         out += one_of(f"{key}.scheduler", self.scheduler, tuple(s.value for s in SchedulerType))
         out += one_of(f"{key}.optim", self.optim, ("auto", *(o.value for o in OptimizerNames)))
+        out += one_of(f"{key}.kernels", self.kernels, ("none", "liger"))
         return out
 
 

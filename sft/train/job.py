@@ -18,6 +18,7 @@ from sft.errors import ConfigError
 from sft.model.load import load_model, load_tokenizer
 from sft.model.lora import add_lora, trainable_summary
 from sft.model.fsdp import check_fsdp, shard_fsdp
+from sft.model.kernels import apply_kernels, check_kernels
 from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
 from sft.run.rundir import RunDir, run_config
 from sft.run.trackers import KINDS, TRACKERS_FILE, attach, check_installed, chosen
@@ -32,8 +33,11 @@ def build_model(cfg: TrainRunConfig, device: str) -> Any:
     from transformers import set_seed
 
     set_seed(cfg.seed)
-    model = add_lora(load_model(cfg.model, cfg.quant, device=device), cfg.quant, cfg.lora, cfg.train.gradient_checkpointing)
-    return model
+    base = load_model(cfg.model, cfg.quant, device=device)
+    applied = apply_kernels(base, cfg.train.kernels)  # before LoRA wraps the linear layers the fused MLP calls
+    if applied:
+        print(applied)
+    return add_lora(base, cfg.quant, cfg.lora, cfg.train.gradient_checkpointing)
 
 
 def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any, tokenizer: Any, run: RunDir,
@@ -229,6 +233,7 @@ def train(cfg: TrainRunConfig) -> int:
 def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started: float) -> int:
     out = run.path
     tokenizer, prepared, args = prepare_run(cfg, run)
+    check_kernels(cfg.train.kernels, args.device.type)
     if cfg.train.fsdp:
         check_fsdp(cfg.quant, args.device.type, args.world_size)
         if run.latest_checkpoint() is not None:
