@@ -5,18 +5,23 @@ On N prompts (Alpaca template) with the embedded SmolLM2 (fp32 on CPU; bf16 with
 1. our batched decoding (sft.generate.decode) at --batch-size, against
 2. one prompt at a time through `model.generate` (the loop most inference scripts use), and
 3. `model.generate` at the same batch size with left padding;
-in generated tokens per second (tokens up to, not counting, the EOS). Then sampled (temperature 1, top-p
-0.95, one seed): the fraction of prompts whose sampled text is identical at batch size 1 and --batch-size,
-and the fraction of greedy texts equal to model.generate's. Wall and CPU seconds and the load average are
-reported beside each figure, since other processes on a shared machine slow the timings.
+in generated tokens per second (tokens up to, not counting, the EOS). 1 and 3 are each warmed by one full
+untimed run at the measured settings (kernels built for every shape they meet), then timed --repeats times in
+alternating order (ours, generate, generate, ours, ...) so that neither side always runs first or last while
+the machine's load drifts; each figure is the median of its runs, and the ratio is of the medians. 2 is warmed
+on the first --batch-size prompts and timed once. Then sampled (temperature 1, top-p 0.95, one seed): the
+fraction of prompts whose sampled text is identical at batch size 1 and --batch-size, and the fraction of
+greedy texts equal to model.generate's. Wall and CPU seconds and the load average are reported beside each
+figure, since other processes on a shared machine slow the timings. --profile N adds the N ops with most self
+time over one batch of each side (torch.profiler); --no-cudnn-sdpa turns cuDNN attention off on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import statistics
 import sys
 import time
 from typing import Any, Callable
@@ -60,12 +65,43 @@ def hf_generate(model, tok, items, max_new_tokens: int, batch_size: int) -> dict
     return out
 
 
-def figure(result: dict, wall: float, cpu: float) -> dict[str, float]:
+def figure(result: dict, walls: list[float], cpus: list[float]) -> dict[str, Any]:
+    """Tokens and the median wall and CPU time over the runs; runs beside it when there were several."""
     tokens = sum(len(t) for t in result.values())
-    return {"tokens": tokens, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "tokens_per_s": round(tokens / wall, 1)}
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    out: dict[str, Any] = {"tokens": tokens, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "tokens_per_s": round(tokens / wall, 1)}
+    if len(walls) > 1:
+        out["runs_wall_s"] = [round(w, 2) for w in walls]
+    return out
 
 
-def main() -> None:
+def alternate(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[Any, list[float], list[float]]]:
+    """Time each side `repeats` times, the order flipping every run (A B B A A B ...): (result, walls, cpus)."""
+    names = list(sides)
+    runs: dict[str, tuple[Any, list[float], list[float]]] = {n: (None, [], []) for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out, wall, cpu = timed(sides[name])
+            runs[name] = (out, runs[name][1] + [wall], runs[name][2] + [cpu])
+    return runs
+
+
+def top_ops(fn: Callable[[], Any], device: str, n: int) -> list[dict[str, Any]]:
+    """The n ops with most self time (device time on CUDA) over one call of fn."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:n]
+    return [{"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1000, 2)} for e in events]
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", default="../shared/data/alpaca_en_demo.json")
     ap.add_argument("--n", type=int, default=64)
@@ -74,9 +110,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", help="auto: fp32 on CPU, bf16 on GPU")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (1 is steadier on a busy machine)")
-    args = ap.parse_args()
+    ap.add_argument("--repeats", type=int, default=4, help="timed runs of ours and of batched model.generate, in alternating order")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="report the N ops with most self time over one batch of each side")
+    ap.add_argument("--no-cudnn-sdpa", action="store_true", help="CUDA: torch.backends.cuda.enable_cudnn_sdp(False)")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_cudnn_sdpa and args.device.startswith("cuda"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    load_start = [round(x, 2) for x in os.getloadavg()]
 
     path = resolve_model_path(ModelConfig())
     tok = load_tokenizer(ModelConfig(), path=path)
@@ -86,27 +132,41 @@ def main() -> None:
     items = build_items(records, PromptConfig(), tok, greedy, 4096, "truncate", args.data)
     items.sort(key=lambda it: (-len(it.ids), it.key))  # as sft-generate plans its batches, for all three
     b = args.batch_size
-    for _ in range(2):  # warm-up: oneDNN builds its kernels for new shapes on first use
-        ours(model, tok, items[:b], dataclasses.replace(greedy, max_new_tokens=4), b)
-        hf_generate(model, tok, items[:b], 4, b)
-
-    ours_b, w1, c1 = timed(lambda: ours(model, tok, items, greedy, b))
+    sides = {
+        "ours": lambda: ours(model, tok, items, greedy, b),
+        "generate": lambda: hf_generate(model, tok, items, args.max_new_tokens, b),
+    }
+    for run in sides.values():  # warm-up: oneDNN (and CUDA) build kernels for each new shape on first use
+        run()
+    hf_generate(model, tok, items[:b], args.max_new_tokens, 1)
+    runs = alternate(sides, args.repeats)
     loop, w2, c2 = timed(lambda: hf_generate(model, tok, items, args.max_new_tokens, 1))
-    hf_b, w3, c3 = timed(lambda: hf_generate(model, tok, items, args.max_new_tokens, b))
     sampled = GenerationConfig(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=1)
     s_b, _, _ = timed(lambda: ours(model, tok, items, sampled, b))
     s_1, _, _ = timed(lambda: ours(model, tok, items, sampled, 1))
 
-    f_ours, f_loop, f_hf = figure(ours_b, w1, c1), figure(loop, w2, c2), figure(hf_b, w3, c3)
+    ours_b, hf_b = runs["ours"][0], runs["generate"][0]
+    f_ours, f_hf = figure(*runs["ours"]), figure(*runs["generate"])
+    f_loop = figure(loop, [w2], [c2])
     report = {
         "device": args.device, "dtype": str(model.dtype), "prompts": len(items), "max_new_tokens": args.max_new_tokens,
         "batch_size": b, "torch_threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average_start": load_start, "repeats": args.repeats, "warm_up": "one full untimed run of each side",
         "ours_batched": f_ours, "generate_one_at_a_time": f_loop, "generate_batched": f_hf,
         "speedup_vs_one_at_a_time": round(f_ours["tokens_per_s"] / f_loop["tokens_per_s"], 2),
         "ratio_vs_generate_batched": round(f_ours["tokens_per_s"] / f_hf["tokens_per_s"], 2),
+        "ratio_per_run": [round(h / o, 2) for o, h in zip(runs["ours"][1], runs["generate"][1])],
+        "cpu_ratio_vs_generate_batched": round(f_hf["cpu_s"] / f_ours["cpu_s"], 2),  # steadier under load, 1 thread
         "greedy_identical_to_generate": sum(ours_b[k] == hf_b[k] for k in ours_b) / len(items),
         "sampled_identical_batch_1_vs_batch": sum(s_1[k] == s_b[k] for k in s_b) / len(items),
     }
+    if args.device.startswith("cuda"):
+        report["cudnn_sdpa"] = torch.backends.cuda.cudnn_sdp_enabled()
+    if args.profile:
+        report["profile_one_batch"] = {
+            "ours": top_ops(lambda: ours(model, tok, items[:b], greedy, b), args.device, args.profile),
+            "generate": top_ops(lambda: hf_generate(model, tok, items[:b], args.max_new_tokens, b), args.device, args.profile),
+        }
     json.dump(report, sys.stdout, indent=2)
     print()
 

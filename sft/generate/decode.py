@@ -52,9 +52,10 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: Any) -> tuple[torch.
     return input_ids.to(device), mask.to(device), positions.to(device)
 
 
-def stop_string_cut(tokens: list[int], stopping: Stopping, min_tokens: int = 0) -> str | None:
-    """The output text cut before the first stop string, or None when there is none yet. A stop string that
-    starts within the text of the first `min_tokens` tokens does not count (generation.min_new_tokens)."""
+def whole_text_cut(tokens: list[int], stopping: Stopping, min_tokens: int = 0) -> str | None:
+    """The output text cut before the first stop string, or None when there is none. A stop string that
+    starts within the text of the first `min_tokens` tokens does not count (generation.min_new_tokens).
+    Decodes the whole output: for a finished output (beam search) or once the tail has shown a stop string."""
     if not stopping.strings or stopping.decode is None or len(tokens) < min_tokens:
         return None
     text = stopping.decode(tokens)
@@ -64,6 +65,67 @@ def stop_string_cut(tokens: list[int], stopping: Stopping, min_tokens: int = 0) 
         start = len(head) if text.startswith(head) else 0
     hits = [i for i in (text.find(s, start) for s in stopping.strings) if i >= 0]
     return text[: min(hits)] if hits else None
+
+
+def stop_string_cut(tokens: list[int], stopping: Stopping, min_tokens: int = 0) -> str | None:
+    """`whole_text_cut` for an output that grows by one token per call, each shorter output having been
+    checked: decodes only its tail, so that a row costs time linear in its length, not quadratic.
+
+    Rests on what a byte-level decode does (token bytes joined, then UTF-8 with U+FFFD for bad or partial
+    sequences): a later token can change only the last characters of a text (a U+FFFD awaiting bytes; with
+    clean_up_tokenization_spaces, up to 3 for " n't"), and the rest stays in every longer output. So a stop
+    string first seen now lies in the window from `longest + UNSETTLED` characters before the newest token."""
+    if not stopping.strings or stopping.decode is None or len(tokens) < min_tokens:
+        return None
+    if _start_may_move(tokens, stopping.decode, min_tokens) or _tail_has_stop(tokens, stopping):
+        return whole_text_cut(tokens, stopping, min_tokens)
+    return None
+
+
+REPLACEMENT = "\ufffd"  # what a UTF-8 decode makes of bytes that are not (yet) a character
+UNSETTLED = 3  # trailing characters a later token may still rewrite (see stop_string_cut)
+SETTLE_TOKENS = 32  # tokens after the min_new_tokens boundary in which to look for UNSETTLED characters
+
+
+def _exact_window(ids: list[int], end: int, decode: Callable[[list[int]], str], chars: int) -> tuple[int, str]:
+    """(w, text): text is a suffix of decode(ids[:end]) decoded from its last w ids only, at least `chars`
+    long unless w == end (then all of it). A window that starts inside a character's bytes decodes them as
+    U+FFFD, and UTF-8 is back in step at the next lead byte, so what follows the leading U+FFFDs is exact."""
+    w = max(chars, 1)
+    while w < end:
+        text = decode(ids[end - w : end]).lstrip(REPLACEMENT)
+        if len(text) >= chars:
+            return w, text
+        w *= 2  # too few characters (empty special tokens, bytes of one character): look further back
+    return end, decode(ids[:end])
+
+
+def _tail_has_stop(tokens: list[int], stopping: Stopping) -> bool:
+    """Whether the text around the newest token holds a stop string: the window ends with the newest token
+    and starts `longest + UNSETTLED` exact characters before it."""
+    longest = max(len(s) for s in stopping.strings)
+    w, _ = _exact_window(tokens, len(tokens) - 1, stopping.decode, longest + UNSETTLED)
+    if w == len(tokens) - 1:
+        tail = stopping.decode(tokens)
+    else:  # it starts where the window without the newest token does: the same leading U+FFFDs go
+        tail = stopping.decode(tokens[-w - 1 :]).lstrip(REPLACEMENT)
+    return any(s in tail for s in stopping.strings)
+
+
+def _start_may_move(tokens: list[int], decode: Callable[[list[int]], str], min_tokens: int) -> bool:
+    """Whether whole_text_cut's start (the head's length while the text begins with the head's text, else 0)
+    may differ from the last call's: while fewer than UNSETTLED characters follow the head, its last ones may
+    still change (a character cut by the boundary, a space cleaned up before punctuation)."""
+    if not min_tokens:
+        return False
+    end = min(len(tokens) - 1, min_tokens + SETTLE_TOKENS)  # the tokens after the head, before the newest
+    k = UNSETTLED
+    while True:
+        if len(decode(tokens[min_tokens : min(min_tokens + k, end)]).lstrip(REPLACEMENT)) >= UNSETTLED:
+            return False
+        if min_tokens + k >= end:
+            return True
+        k *= 2
 
 
 def _finished(row: RowState, token: int, start: int, cfg: GenerationConfig, stopping: Stopping) -> tuple[FinishReason | None, str | None]:
@@ -98,7 +160,6 @@ def _advance(rows: list[RowState], active: list[int], tokens: list[int], raw: to
     return keep
 
 
-@torch.inference_mode()
 def cache_argument(model: Any) -> str:
     """The forward argument that takes the KV cache: `cache` in current transformers, `past_key_values` before
     (deprecated since; a PEFT model forwards either to its base)."""
@@ -106,6 +167,7 @@ def cache_argument(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+@torch.inference_mode()  # no autograd graph: model.generate runs under no_grad too
 def decode(
     model: Any, prompts: list[list[int]], seeds: list[int], cfg: GenerationConfig, stopping: Stopping, pad_id: int
 ) -> list[Decoded]:
@@ -153,7 +215,7 @@ def beam_decode(model: Any, prompts: list[list[int]], cfg: GenerationConfig, sto
     for i, ids in enumerate(out[:, input_ids.shape[1] :].tolist()):
         stop_at = next((j for j, t in enumerate(ids) if t in stopping.token_ids), None)
         tokens = ids if stop_at is None else ids[:stop_at]
-        cut = stop_string_cut(tokens, stopping, cfg.min_new_tokens)
+        cut = whole_text_cut(tokens, stopping, cfg.min_new_tokens)  # once, on the finished output
         reason: FinishReason = "stop" if cut is not None else ("eos" if stop_at is not None else "length")
         done.append(Decoded(i, tokens, reason, cut))
     return done

@@ -148,3 +148,14 @@ def test_beam_search_is_model_generates_and_cut_at_stop_strings(model: torch.nn.
     stop = chars(ours[0].tokens)[2:4]
     cut = beam_decode(model, ps, cfg, Stopping([EOS], [stop], chars), PAD)[0]
     assert cut.finish_reason == "stop" and cut.text == chars(ours[0].tokens)[: chars(ours[0].tokens).index(stop)]
+
+
+def test_decoding_builds_no_autograd_graph(model: torch.nn.Module) -> None:
+    """Like model.generate (no_grad), the loop runs in inference mode: no graph kept for the KV cache."""
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, out: seen.append(torch.is_inference_mode_enabled()))
+    try:
+        decode(model, prompts(2, seed=7), [0, 0], GenerationConfig(max_new_tokens=3), Stopping([EOS]), PAD)
+    finally:
+        hook.remove()
+    assert seen and all(seen)
