@@ -176,10 +176,10 @@ def same_hyperparameters(targs: Any) -> dict[str, Any]:
 
 
 def lora_settings() -> Any:
-    """sft-train's LoRA defaults: r=16, alpha 32, dropout 0.05, all linear layers (sft.schemas.LoraConfig)."""
+    """sft-train's LoRA defaults (sft.schemas.LoraConfig): r=16, alpha 32, dropout 0.05, all linear layers."""
     from sft.config import LoraConfig
 
-    return LoraConfig(r=16, alpha=32, dropout=0.05, target_modules=["all-linear"])
+    return LoraConfig()
 
 
 def build_ours(args: argparse.Namespace, base: Any, tokenizer: Any, work: Workload, quant: Any) -> tuple[Any, Any]:
@@ -200,9 +200,10 @@ def build_trl(args: argparse.Namespace, base: Any, tokenizer: Any, work: Workloa
     import datasets
     from trl import SFTConfig, SFTTrainer
 
+    from sft.data.tokenize import IGNORE_INDEX
     from sft.model.lora import peft_config
 
-    rows = [{"input_ids": ex["input_ids"], "completion_mask": [int(label != -100) for label in ex["labels"]]}
+    rows = [{"input_ids": ex["input_ids"], "completion_mask": [int(label != IGNORE_INDEX) for label in ex["labels"]]}
             for ex in work.examples]  # TRL's own tokenized prompt-completion form
     config = SFTConfig(**same_hyperparameters(train_arguments(args, quant, packing=True)),
                        per_device_train_batch_size=args.micro_batch_rows, max_length=args.seq_len, packing=True,
@@ -220,6 +221,7 @@ def build_hf(args: argparse.Namespace, base: Any, tokenizer: Any, work: Workload
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
+    from sft.data.tokenize import IGNORE_INDEX
     from sft.model.lora import peft_config
 
     model = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True,
@@ -229,7 +231,7 @@ def build_hf(args: argparse.Namespace, base: Any, tokenizer: Any, work: Workload
     rows = [{**ex, "attention_mask": [1] * len(ex["input_ids"])} for ex in work.examples]
     targs = TrainingArguments(**same_hyperparameters(train_arguments(args, quant, packing=False)),
                               per_device_train_batch_size=work.plan["hf_examples_per_micro_batch"])
-    counter = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+    counter = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX))
     trainer = Trainer(model=model, args=targs, train_dataset=datasets.Dataset.from_list(rows), data_collator=counter)
     return trainer, counter
 

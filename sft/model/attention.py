@@ -137,45 +137,28 @@ def varlen_kernel(query: Any, dropout: float) -> Any:
         return None
     try:
         from torch.nn.attention.varlen import varlen_attn  # torch >= 2.10
+
+        return _varlen_call(lambda q, k, v, cu, n, scaling, window: varlen_attn(
+            q, k, v, cu, cu, n, n, scale=scaling, enable_gqa=q.shape[1] != k.shape[1],
+            window_size=(-1, 0) if window is None else (window - 1, 0)))
     except ImportError:
-        varlen_attn = None
-    if varlen_attn is not None:
-        return _torch_varlen(varlen_attn)
+        pass
     try:
         from flash_attn import flash_attn_varlen_func
     except ImportError:
         return None
-    return _flash_attn_varlen(flash_attn_varlen_func)
+    return _varlen_call(lambda q, k, v, cu, n, scaling, window: flash_attn_varlen_func(
+        q, k, v, cu, cu, n, n, softmax_scale=scaling, causal=True,
+        window_size=(-1, -1) if window is None else (window - 1, 0)))
 
 
-def _tokens_first(query: Any, key: Any, value: Any) -> tuple[Any, Any, Any]:
-    """[1, heads, T, d] -> [T, heads, d], the varlen kernels' layout."""
-    return tuple(t[0].transpose(0, 1) for t in (query, key, value))
-
-
-def _max_length(cu: Any, given: Any) -> int:
-    return int(given) if given is not None else int((cu[1:] - cu[:-1]).max())
-
-
-def _torch_varlen(varlen_attn: Any) -> Any:
+def _varlen_call(kernel: Any) -> Any:
+    """`kernel` (tokens-first q, k, v [T, heads, d], cu_seq_lens, max length, scale, window) in this module's
+    calling convention: [1, heads, T, d] in, [1, T, heads, d] out."""
     def call(query: Any, key: Any, value: Any, cu: Any, max_length: Any, scaling: float | None,
              window: int | None) -> Any:
-        q, k, v = _tokens_first(query, key, value)
-        cu, n = cu.to(q.device, non_blocking=True), _max_length(cu, max_length)
-        out = varlen_attn(q, k, v, cu, cu, n, n, scale=scaling, enable_gqa=q.shape[1] != k.shape[1],
-                          window_size=(-1, 0) if window is None else (window - 1, 0))
-        return out.unsqueeze(0)
-
-    return call
-
-
-def _flash_attn_varlen(flash_attn_varlen_func: Any) -> Any:
-    def call(query: Any, key: Any, value: Any, cu: Any, max_length: Any, scaling: float | None,
-             window: int | None) -> Any:
-        q, k, v = _tokens_first(query, key, value)
-        cu, n = cu.to(q.device, non_blocking=True), _max_length(cu, max_length)
-        out = flash_attn_varlen_func(q, k, v, cu, cu, n, n, softmax_scale=scaling, causal=True,
-                                     window_size=(-1, -1) if window is None else (window - 1, 0))
-        return out.unsqueeze(0)
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+        n = int(max_length) if max_length is not None else int((cu[1:] - cu[:-1]).max())
+        return kernel(q, k, v, cu.to(q.device, non_blocking=True), n, scaling, window).unsqueeze(0)
 
     return call
