@@ -29,6 +29,9 @@ from sft.data.tokenize import IGNORE_INDEX
 from sft.errors import DataError
 
 ROWS_PER_BATCH = 1000
+# in the mixture's cache key: a change of the packing rule gives the same examples in other rows
+# (2: the copies of an over-sampled example go to different rows)
+PACKING_RULE = 2
 
 
 def source_rng(seed: int, name: str) -> np.random.Generator:
@@ -166,9 +169,10 @@ class RowsWriter:
 
 def packed_rows(members: list[tuple[SourceSplit, int]], max_seq_len: int, seed: int) -> Iterator[list[np.ndarray]]:
     """Whole examples (split, index) packed best-fit-decreasing into rows, rows in a seeded order: each example's
-    first label masked (it is not predicted from the example before it), positions restarting at 0."""
+    first label masked (it is not predicted from the example before it), positions restarting at 0. The copies of
+    an example (a source over-sampled: epochs > 1, or a weight above its size) go to different rows."""
     lengths = [int(split.lengths[k]) for split, k in members]
-    bins = best_fit_decreasing(lengths, max_seq_len)
+    bins = best_fit_decreasing(lengths, max_seq_len, keys=[(id(split), k) for split, k in members])
     random.Random(seed).shuffle(bins)
     for b in bins:
         ids, labels, positions = [], [], []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from typing import TypedDict
+from typing import Hashable, TypedDict
 
 from sft.data.tokenize import IGNORE_INDEX, Example
 
@@ -27,25 +27,93 @@ class PackedRow(TypedDict):
     position_ids: list[int]
 
 
-def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+class _Bins:
+    """Bins being filled: their items, the keys they hold, the room left in each, and the bins with room sorted by
+    it (the first that fits is the best fit)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: list[list[int]] = []
+        self.keys: list[set[Hashable]] = []
+        self.room: list[int] = []
+        self.free: list[tuple[int, int]] = []  # (room left, bin index) of the bins with room left
+        self.where: dict[int, int] = {}  # item -> its bin
+
+    def fitting(self, n: int) -> list[int]:
+        """The bins with room for n, best fit first."""
+        return [b for _, b in self.free[bisect.bisect_left(self.free, (n, -1)):]]
+
+    def open(self) -> int:
+        self.items.append([])
+        self.keys.append(set())
+        self.room.append(0)
+        self._set_room(len(self.items) - 1, self.capacity)
+        return len(self.items) - 1
+
+    def put(self, item: int, n: int, key: Hashable, b: int) -> None:
+        self.items[b].append(item)
+        self.keys[b].add(key)
+        self.where[item] = b
+        self._set_room(b, self.room[b] - n)
+
+    def take(self, item: int, n: int, key: Hashable) -> int:
+        b = self.where.pop(item)
+        self.items[b].remove(item)
+        self.keys[b].discard(key)
+        self._set_room(b, self.room[b] + n)
+        return b
+
+    def _set_room(self, b: int, room: int) -> None:
+        if self.room[b] > 0:
+            self.free.pop(bisect.bisect_left(self.free, (self.room[b], b)))
+        self.room[b] = room
+        if room > 0:
+            bisect.insort(self.free, (room, b))
+
+
+def best_fit_decreasing(lengths: list[int], capacity: int, keys: list[Hashable] | None = None) -> list[list[int]]:
     """Indices of `lengths` grouped into bins of at most `capacity`; longest first, each into the fullest bin
-    it still fits (ties to the older bin). Deterministic: equal lengths keep their input order."""
+    it still fits (ties to the older bin). Deterministic: equal lengths keep their input order.
+
+    keys: which example each item is (the copies of an over-sampled example share one). No bin gets two items of
+    one key: copies have equal lengths, so the best fit of a copy is often the bin its original just went into. A
+    copy takes the best fit among the bins without its key; when only bins with its key have room, it trades
+    places with an item already packed (see _trade), and opens a new bin only when no trade is possible."""
     if any(n > capacity for n in lengths):
         raise ValueError("an example is longer than the packing capacity")
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (room left, bin index), sorted: the first that fits is the best fit
+    keys = keys if keys is not None else list(range(len(lengths)))
+    bins = _Bins(capacity)
+    placed: list[int] = []  # in packing order: decreasing lengths
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        n = lengths[i]
-        at = bisect.bisect_left(free, (n, -1))
-        if at < len(free):
-            room, b = free.pop(at)
-        else:
-            room, b = capacity, len(bins)
-            bins.append([])
-        bins[b].append(i)
-        if room - n > 0:
-            bisect.insort(free, (room - n, b))
-    return bins
+        fitting = bins.fitting(lengths[i])
+        free = [b for b in fitting if keys[i] not in bins.keys[b]]
+        if free:
+            bins.put(i, lengths[i], keys[i], free[0])
+        elif not _trade(bins, i, fitting, placed, lengths, keys):
+            bins.put(i, lengths[i], keys[i], bins.open())
+        placed.append(i)
+    return bins.items
+
+
+def _trade(bins: _Bins, i: int, fitting: list[int], placed: list[int], lengths: list[int],
+           keys: list[Hashable]) -> bool:
+    """Item i fits only in bins that hold its key (`fitting`): move a packed item j, at least as long as i, from
+    another bin into one of them, and put i in j's place. The bins stay within capacity and their number does
+    not grow. The most recently packed items are the shortest, so the search goes backwards and stops at the
+    first item too long for every fitting bin."""
+    widest = max((bins.room[b] for b in fitting), default=0)
+    for j in reversed(placed):
+        if lengths[j] > widest:
+            return False
+        here = bins.where[j]
+        if keys[i] in bins.keys[here]:
+            continue
+        for b in fitting:
+            if b != here and lengths[j] <= bins.room[b] and keys[j] not in bins.keys[b]:
+                bins.put(i, lengths[i], keys[i], bins.take(j, lengths[j], keys[j]))
+                bins.put(j, lengths[j], keys[j], b)
+                return True
+    return False
 
 
 def concat_examples(examples: list[Example]) -> PackedRow:
@@ -57,9 +125,11 @@ def concat_examples(examples: list[Example]) -> PackedRow:
     return row
 
 
-def pack_examples(examples: list[Example], max_seq_len: int, seed: int) -> list[PackedRow]:
-    """Pack whole examples into rows of at most max_seq_len tokens, rows in a seeded random order."""
-    bins = best_fit_decreasing([len(ex["input_ids"]) for ex in examples], max_seq_len)
+def pack_examples(examples: list[Example], max_seq_len: int, seed: int,
+                  keys: list[Hashable] | None = None) -> list[PackedRow]:
+    """Pack whole examples into rows of at most max_seq_len tokens, rows in a seeded random order; examples of
+    one key (copies of one example) in different rows (see best_fit_decreasing)."""
+    bins = best_fit_decreasing([len(ex["input_ids"]) for ex in examples], max_seq_len, keys)
     random.Random(seed).shuffle(bins)
     return [concat_examples([examples[i] for i in sorted(b)]) for b in bins]
 

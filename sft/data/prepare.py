@@ -21,7 +21,7 @@ from sft.config import DataConfig, PrepareRunConfig, PromptConfig
 from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key
 from sft.data.chat import chat_template
 from sft.data.load import Record
-from sft.data.mix import draw, mixture_report, write_eval, write_train
+from sft.data.mix import PACKING_RULE, draw, mixture_report, write_eval, write_train
 from sft.data.prompts import end_of_turn_token
 from sft.data.sources import Source, resolve_sources
 from sft.data.tokenize import TokenizeStats
@@ -127,7 +127,7 @@ def mixture_key(data: DataConfig, sources: list[Source], keys: list[str], seed: 
     h = hashlib.sha256(json.dumps({
         "sources": [[s.name, k, s.weight, s.epochs] for s, k in zip(sources, keys)], "mix_by": data.mix_by,
         "mix_size": data.mix_size, "packing": data.packing, "max_seq_len": data.max_seq_len, "seed": seed,
-        "version": sft.__version__, "rows": ROWS_FORMAT}, sort_keys=True).encode())
+        "version": sft.__version__, "rows": ROWS_FORMAT, "packing_rule": PACKING_RULE}, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
 

@@ -154,3 +154,27 @@ def test_bad_mixtures_are_one_message_naming_the_source(files: dict[str, str], c
     with pytest.raises(DataError, match=r"data source 'broken': .*broken.jsonl:2: malformed JSON"):
         prepare(DataConfig(sources=[SourceConfig(path=files["a"]), SourceConfig(path=str(broken))]), PROMPT,
                 char_tokenizer, seed=0)
+
+
+def examples_of(row: dict[str, Any]) -> list[tuple[int, ...]]:
+    """The examples of a packed row (their input_ids), cut where the positions restart at 0."""
+    starts = [t for t, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+    return [tuple(row["input_ids"][a:b]) for a, b in zip(starts, starts[1:])]
+
+
+@pytest.mark.parametrize("over_sampled", ["epochs", "weights"])
+def test_the_copies_of_an_over_sampled_example_are_in_different_rows(files: dict[str, str], char_tokenizer: Any,
+                                                                    over_sampled: str) -> None:
+    # records of 5 lengths: many equal lengths, the case where best fit put copies side by side
+    if over_sampled == "epochs":  # 3 passes over a
+        data = DataConfig(sources=[SourceConfig(path=files["a"], epochs=3, eval_fraction=0.1)], max_seq_len=64,
+                          packing=True)
+    else:  # a holds 2/3 of the examples and gets 3/4: repeated in part
+        data = mixture(files, packing=True)
+    prepared = prepare(data, PROMPT, char_tokenizer, seed=0)
+    per_row = [examples_of(r) for r in prepared.datasets["train"]]
+    counts = Counter(e for row in per_row for e in row)
+    mix = {name: s["mixture"] for name, s in prepared.report["sources"].items()}
+    assert sum(counts.values()) == sum(m["drawn"] for m in mix.values())  # every copy is there
+    assert max(counts.values()) == (3 if over_sampled == "epochs" else 2)
+    assert [len(row) - len(set(row)) for row in per_row] == [0] * len(per_row)  # no row holds two copies

@@ -69,3 +69,34 @@ def test_packed_collator_flattens_rows_without_attention_mask():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1]]
     assert batch["labels"].tolist() == [[X, 11, 12, X, 21, X, 31]]
     assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 7] and batch["max_length_q"] == 3
+
+
+def copies_per_bin(bins: list[list[int]], keys: list[int]) -> list[int]:
+    """Per bin, how many of its items are a second (third, ...) copy of an example already in it."""
+    return [len(b) - len({keys[i] for i in b}) for b in bins]
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+def test_copies_of_an_example_never_share_a_bin_and_the_packing_stays_as_tight(passes: int) -> None:
+    rng = random.Random(0)
+    lengths = [max(8, min(1024, int(rng.lognormvariate(4.6, 0.7)))) for _ in range(1000)]
+    # members as the mixture draws them: whole passes, one after the other
+    members, keys = lengths * passes, list(range(len(lengths))) * passes
+    before = best_fit_decreasing(members, 1024)
+    assert sum(copies_per_bin(before, keys)) > 0  # the plain rule puts copies side by side
+    bins = best_fit_decreasing(members, 1024, keys=keys)
+    assert copies_per_bin(bins, keys) == [0] * len(bins)
+    assert sorted(i for b in bins for i in b) == list(range(len(members)))  # each member exactly once
+    assert all(sum(members[i] for i in b) <= 1024 for b in bins)
+    efficiency = lambda found: sum(members) / (len(found) * 1024)  # noqa: E731
+    assert abs(efficiency(bins) - efficiency(before)) < 0.005
+
+
+def test_a_copy_goes_to_the_best_fit_without_its_original_or_trades_places() -> None:
+    # 6a -> bin 0 (room 4); its copy cannot join it: bin 1; 4b -> bin 0 (the tighter fit, full); its copy -> bin 1
+    assert best_fit_decreasing([6, 6, 4, 4], 10, keys=["a", "a", "b", "b"]) == [[0, 2], [1, 3]]
+    # 5a -> bin 0 (room 3); 3b -> bin 0 (full); 3c -> bin 1 (room 5); its copy fits only beside it: 3b moves
+    # from bin 0 into bin 1 and the copy takes its place (two bins, as without keys, not three)
+    assert best_fit_decreasing([5, 3, 3, 3], 8) == [[0, 1], [2, 3]]
+    assert best_fit_decreasing([5, 3, 3, 3], 8, keys=["a", "b", "c", "c"]) == [[0, 3], [2, 1]]
+    assert best_fit_decreasing([3, 3, 3], 10, keys=["a", "a", "a"]) == [[0], [1], [2]]  # no trade possible
