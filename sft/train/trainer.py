@@ -2,7 +2,8 @@
 atomic checkpoints, a trained-token counter that survives resumes, and stop-at-next-step on preemption.
 
 The loss is normalized over every trained token of the optimizer step (all micro-batches, all ranks): the
-Trainer counts labels[..., 1:] != -100 before the step (`num_items_in_batch`) and the summed token losses
+step's labels[..., 1:] != -100 are counted before the step (`num_items_in_batch`, counted here whatever the model
+declares: transformers counts nothing for models with `accepts_loss_kwargs=False`) and the summed token losses
 are divided by that count, so accumulation and packing never turn it into a mean of means. In training the
 sum comes from sft.train.loss (logits of trained positions only, in chunks). Evaluation is normalized the same way:
 eval_loss is the summed loss of every held-out trained token over their number (each row's sum and count are
@@ -11,6 +12,7 @@ gathered across ranks), not a mean of per-batch means, so it does not depend on 
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from transformers import Trainer, TrainingArguments
 
 from sft.train.checkpoint import AtomicCheckpointMixin
 from sft.config import QuantConfig, TrainConfig
+from sft.data.tokenize import IGNORE_INDEX
 from sft.errors import ConfigError
 from sft.train.loss import forward_trained_loss_sum, loss_parity, own_logits_loss_sum, trained_loss_per_row
 from sft.model.quant import pick_device, weights_dtype
@@ -106,6 +109,10 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
     """Trainer that counts trained tokens (for tokens/s and the metrics), evaluates the mean loss per trained
     token, and checkpoints atomically."""
 
+    # our training loss is already divided by the step's trained tokens: the Trainer must not divide it by the
+    # accumulation steps (it would, for a model that takes no loss kwargs)
+    loss_is_scaled_for_ga = True
+
     def __init__(self, *args: Any, source_names: list[str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("compute_metrics", TokenMeanLoss(source_names))
         super().__init__(*args, **kwargs)
@@ -117,12 +124,20 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         self.data_paths: dict[str, str] = {}
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        """The step's micro-batches and its trained tokens over all ranks (what the loss is divided by). Counted
+        here, not by the Trainer: it counts only for models that declare loss kwargs, and for a loss type it
+        does not know to shift it would count labels[..., 0] too."""
+        import torch
+
         if self._time_at_last_log is None:
             self._time_at_last_log = time.perf_counter()
-        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        # num_items: trained tokens of this optimizer step over all ranks (what the loss is divided by)
-        if num_items is not None:
-            self.trained_tokens += int(num_items.sum().item() if hasattr(num_items, "sum") else num_items)
+        batches = list(itertools.islice(epoch_iterator, num_batches))
+        if not batches:
+            return batches, None
+        num_items = sum((b["labels"][..., 1:] != IGNORE_INDEX).sum() for b in batches).to(device)
+        if self.args.world_size > 1:
+            num_items = self.accelerator.gather(num_items).sum()
+        self.trained_tokens += int(num_items.item())
         return batches, num_items
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -138,18 +153,18 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        """Training: trained-token loss sum / num_items_in_batch, scaled by the number of processes as the
-        Trainer scales a model's own loss (DDP averages gradients over ranks; the divisor already counts
-        every rank's tokens)."""
-        summed = None
-        if model.training and not return_outputs and num_items_in_batch is not None:
-            if self._own_loss is None:
-                self._own_loss = self.check_loss(model, inputs)
-            summed = None if self._own_loss else forward_trained_loss_sum(model, inputs)
-            if summed is None:
-                summed = own_logits_loss_sum(model, inputs)
-        if summed is None:
+        """Training: trained-token loss sum / num_items_in_batch (the step's count, get_batch_samples), scaled by
+        the number of processes as the Trainer scales a model's own loss (DDP averages gradients over ranks; the
+        divisor already counts every rank's tokens). Never the model's own loss, a mean per micro-batch."""
+        if not model.training or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if num_items_in_batch is None:
+            raise RuntimeError("training loss: no trained-token count for the step (get_batch_samples gives one)")
+        if self._own_loss is None:
+            self._own_loss = self.check_loss(model, inputs)
+        summed = None if self._own_loss else forward_trained_loss_sum(model, inputs)
+        if summed is None:
+            summed = own_logits_loss_sum(model, inputs)
         loss = summed[0] / num_items_in_batch
         if self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes

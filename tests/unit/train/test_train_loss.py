@@ -35,9 +35,10 @@ def prepared_splits(tmp_path: Path, tokenizer: Any, packing: bool, n: int = 12) 
     return prepare(data, PROMPT, tokenizer, seed=0, use_cache=False).datasets
 
 
-def lora_model(seed: int = 0, randomize: bool = False) -> Any:
+def lora_model(seed: int = 0, randomize: bool = False, base: Any = None) -> Any:
     torch.manual_seed(seed)
-    model = add_lora(tiny_llama(), NONE, LoraConfig(r=4, alpha=8, dropout=0.0), gradient_checkpointing=True)
+    base = tiny_llama() if base is None else base
+    model = add_lora(base, NONE, LoraConfig(r=4, alpha=8, dropout=0.0), gradient_checkpointing=True)
     if randomize:  # B starts at zero: give both LoRA matrices values so every gradient is informative
         gen = torch.Generator().manual_seed(seed)
         for name, p in model.named_parameters():
@@ -61,16 +62,23 @@ class CaptureGrads(TrainerCallback):
         self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def step_grads(dataset: Any, micro_batch_size: int, grad_accum: int, tmp_path: Path) -> dict[str, torch.Tensor]:
+def step_grads(dataset: Any, micro_batch_size: int, grad_accum: int, tmp_path: Path,
+               base: Any = None) -> dict[str, torch.Tensor]:
+    return step(dataset, micro_batch_size, grad_accum, tmp_path, base)[0]
+
+
+def step(dataset: Any, micro_batch_size: int, grad_accum: int, tmp_path: Path,
+         base: Any = None) -> tuple[dict[str, torch.Tensor], SftTrainer]:
+    """The gradients of one optimizer step, and the trainer that took it."""
     capture = CaptureGrads()
     trainer = make_trainer(
-        lora_model(randomize=True), dataset, PackedCollator(), tmp_path,
+        lora_model(randomize=True, base=base), dataset, PackedCollator(), tmp_path,
         micro_batch_size=micro_batch_size, grad_accum=grad_accum, max_steps=1,
     )
     trainer.add_callback(capture)
     trainer.train()
     assert capture.grads
-    return capture.grads
+    return capture.grads, trainer
 
 
 def two_rows() -> Any:
@@ -100,6 +108,28 @@ def test_accumulated_step_equals_one_batch_holding_both_halves(tmp_path: Path) -
     (sum(losses) / 2).backward()
     mean_of_means = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert any(not torch.allclose(mean_of_means[n], together[n], rtol=1e-3) for n in together)
+
+
+def test_a_model_declaring_no_loss_kwargs_gets_the_same_one_sum_over_the_steps_trained_tokens(tmp_path: Path) -> None:
+    """For models with accepts_loss_kwargs=False (several vision-language and remote-code ones) transformers
+    counts no trained tokens (num_items_in_batch=None); our loss must still be one sum over the step's trained
+    tokens over their count, not the model's mean per micro-batch averaged over the accumulation."""
+    from transformers import LlamaForCausalLM
+
+    class NoLossKwargsLlama(LlamaForCausalLM):
+        accepts_loss_kwargs = False
+
+    plain = tiny_llama()
+    declaring = NoLossKwargsLlama(plain.config).eval()
+    declaring.load_state_dict(plain.state_dict())
+    rows = two_rows()  # 30 and 3 trained tokens
+    expected, plain_trainer = step(rows, micro_batch_size=1, grad_accum=2, tmp_path=tmp_path / "a")
+    found, trainer = step(rows, micro_batch_size=1, grad_accum=2, tmp_path=tmp_path / "b", base=declaring)
+    assert not trainer.model_accepts_loss_kwargs and plain_trainer.model_accepts_loss_kwargs
+    assert found.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], rtol=1e-5, atol=1e-7)
+    assert trainer.trained_tokens == plain_trainer.trained_tokens == 33
 
 
 class CapturingTrainer(SftTrainer):
