@@ -211,10 +211,10 @@ class TrainConfig:
     grad_accum: int = 4  # micro-batches per optimizer step
     weight_decay: float = 0.0
     max_grad_norm: float = 0.3  # gradient clipping (qlora's value)
-    optim: str = "auto"  # auto: paged_adamw_8bit on GPU, adamw_torch on CPU; or any transformers optimizer name
+    optim: str = "auto"  # auto: paged_adamw_8bit on GPU, adamw_torch on CPU and under fsdp; or any transformers optimizer name
     gradient_checkpointing: bool = True  # trade compute for activation memory
     # shard the model with FSDP2 across the torchrun processes (4-bit weights need quant.quant_storage = the dtype
-    # of the other parameters); its checkpoints hold the adapter but not the sharded optimizer: no resume
+    # of the other parameters); its checkpoints hold the adapter but not the sharded optimizer: no resume; adamw_torch only
     fsdp: bool = False
     # fused kernels patched into the base: none | liger (Liger's RoPE, RMSNorm and SwiGLU; CUDA only, `sft[liger]`;
     # off by default: not yet measured against the plain modules, see README "Benchmarks")

@@ -9,12 +9,17 @@ from sft.errors import ConfigError
 from sft.model.quant import compute_dtype
 
 
-def check_fsdp(quant: QuantConfig, device: str, world_size: int) -> None:
-    """train.fsdp=true needs several processes, and 4-bit weights stored in the dtype of the model's other
-    parameters (bitsandbytes packs two 4-bit values per byte of `quant_storage`): the layout FSDP1's flat
-    parameters need (one dtype per unit), and the one tested end to end here. torch 2.13's FSDP2 also ran a
-    forward and backward with the default uint8 storage on CPU in a quick probe, but no loss curve was checked:
-    untested layouts are refused, not trusted. LLM.int8 was not tried and is refused too."""
+FSDP_OPTIMIZERS = ("auto", "adamw_torch")  # the ones run on sharded parameters (auto: adamw_torch under FSDP)
+
+
+def check_fsdp(quant: QuantConfig, device: str, world_size: int, optim: str = "auto", resuming: bool = False) -> None:
+    """At start-up, before anything loads: train.fsdp=true needs several processes, and 4-bit weights stored in
+    the dtype of the model's other parameters (bitsandbytes packs two 4-bit values per byte of `quant_storage`):
+    the layout FSDP1's flat parameters need (one dtype per unit), and the one tested end to end here. torch 2.13's
+    FSDP2 also ran a forward and backward with the default uint8 storage on CPU in a quick probe, but no loss
+    curve was checked: untested layouts are refused, not trusted. LLM.int8 was not tried and is refused too.
+    Refused as well: optimizers other than torch's AdamW (bitsandbytes' paged and 8-bit ones have never run on
+    FSDP2's DTensor shards), and resuming (checkpoints hold the adapter, not the sharded optimizer state)."""
     problems = []
     if world_size < 2:
         problems.append("train.fsdp=true shards the model across processes and this run has 1: launch it with "
@@ -26,6 +31,12 @@ def check_fsdp(quant: QuantConfig, device: str, world_size: int) -> None:
         if quant.quant_storage != wanted:
             problems.append(f"train.fsdp=true with quant={quant.name} needs quant.quant_storage={wanted} (the dtype of "
                             f"the model's other parameters on {device}), not {quant.quant_storage}")
+    if optim not in FSDP_OPTIMIZERS:
+        problems.append(f"train.fsdp=true with train.optim={optim}: only torch's AdamW has run on sharded parameters "
+                        "(bitsandbytes' paged and 8-bit optimizers never have); use train.optim=auto or adamw_torch")
+    if resuming:
+        problems.append("train.fsdp=true runs do not resume (their checkpoints hold the adapter, not the sharded "
+                        "optimizer state); start a new run in another out_dir")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -6,6 +6,7 @@ directory to sft.run.RunDir, checkpoints and preemption to sft.train.checkpoint.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sft.data.prepare import Prepared, prepare
 from sft.errors import ConfigError
 from sft.model.load import load_model, load_tokenizer
 from sft.model.lora import add_lora, trainable_summary
+from sft.model.quant import pick_device
 from sft.model.fsdp import check_fsdp, shard_fsdp
 from sft.model.kernels import apply_kernels, check_kernels
 from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
@@ -218,6 +220,9 @@ def train(cfg: TrainRunConfig) -> int:
               f"settings ({', '.join(changed)})")
         (out / TRACKERS_FILE).unlink(missing_ok=True)  # other settings: new tracker runs, not the old ones continued
     check_installed(cfg.train.report_to)  # before any model loads
+    if cfg.train.fsdp:  # before anything loads: the data, the tokenizer, the model
+        check_fsdp(cfg.quant, pick_device(), int(os.environ.get("WORLD_SIZE", "1")), cfg.train.optim,
+                   resuming=run.latest_checkpoint() is not None)
     preemption = Preemption()
     preemption.install()  # until the step loop starts a signal ends the run at once, then at a step boundary
     try:
@@ -234,11 +239,6 @@ def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started:
     out = run.path
     tokenizer, prepared, args = prepare_run(cfg, run)
     check_kernels(cfg.train.kernels, args.device.type)
-    if cfg.train.fsdp:
-        check_fsdp(cfg.quant, args.device.type, args.world_size)
-        if run.latest_checkpoint() is not None:
-            raise ConfigError(f"{out}: train.fsdp=true runs do not resume (their checkpoints hold the adapter, "
-                              "not the sharded optimizer state); start a new run in another out_dir")
     trackers = []  # rank 0's W&B / MLflow / trackio runs, attached before the model loads (a store it cannot use fails fast)
     if args.process_index == 0 and any(n in KINDS for n in chosen(cfg.train.report_to)):
         trackers = attach(run.path, cfg.train.report_to, cfg.train.project, cfg.train.run_name or run.path.resolve().name,

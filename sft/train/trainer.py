@@ -27,10 +27,11 @@ from sft.train.loss import forward_trained_loss_sum, loss_parity, own_logits_los
 from sft.model.quant import pick_device, weights_dtype
 
 
-def pick_optimizer(name: str, device: str) -> str:
+def pick_optimizer(name: str, device: str, fsdp: bool = False) -> str:
+    """auto: paged_adamw_8bit on GPU, adamw_torch on CPU and under train.fsdp (the only one run on shards)."""
     if name != "auto":
         return name
-    return "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
+    return "paged_adamw_8bit" if device == "cuda" and not fsdp else "adamw_torch"
 
 
 def training_arguments(
@@ -62,7 +63,7 @@ def training_arguments(
         gradient_accumulation_steps=train.grad_accum,
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
-        optim=pick_optimizer(train.optim, device),
+        optim=pick_optimizer(train.optim, device, train.fsdp),
         bf16=dtype == "bfloat16",
         fp16=device == "cuda" and dtype == "float16",
         logging_steps=train.logging_steps,

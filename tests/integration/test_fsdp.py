@@ -94,11 +94,13 @@ def test_fsdp_needs_processes_and_matching_quant_storage(
     tiny_dir: Path, data_file: Path, tmp_path: Path  # noqa: F811
 ) -> None:
     done = run_sft("train", *overrides(tiny_dir, data_file, tmp_path / "run", "quant=nf4", "train.fsdp=true"),
-                   "train.report_to=[none]")
+                   "train.report_to=[none]", "train.optim=paged_adamw_8bit")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     line = [ln for ln in done.stderr.splitlines() if "train.fsdp=true" in ln]
     assert len(line) == 1 and "torchrun --nproc-per-node" in line[0] and "quant.quant_storage=float32" in line[0]
+    assert "train.optim=paged_adamw_8bit: only torch's AdamW" in line[0]
+    assert "tokenizing" not in done.stdout and not (tmp_path / "run" / "config.yaml").exists()  # before any loading
 
 
 def worker(model_dir: str, out: Path) -> None:
