@@ -161,7 +161,8 @@ def train_arguments(args: argparse.Namespace, quant: Any, packing: bool) -> Any:
     from sft.train.trainer import training_arguments
 
     train = TrainConfig(max_steps=-1, epochs=1, micro_batch_size=args.micro_batch_rows, grad_accum=args.grad_accum,
-                        save_steps=10**6, logging_steps=10**6)
+                        save_steps=10**6, logging_steps=10**6,
+                        kernels="liger" if args.stack == "ours_liger" else "none")  # applied by trainer.train()
     targs = training_arguments(train, quant, 0, Path(args.workdir) / args.stack, has_eval=False, packing=packing)
     targs.save_strategy, targs.disable_tqdm = "no", True
     return targs
@@ -273,10 +274,9 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
     load_s = time.perf_counter() - started
     work = workload(args, base.config.vocab_size)
     if args.stack == "ours_liger":
-        from sft.model.kernels import apply_kernels, check_kernels
+        from sft.model.kernels import check_kernels
 
-        check_kernels("liger", "cuda" if cuda else "cpu")
-        apply_kernels(base, "liger")  # before LoRA, as sft-train does
+        check_kernels("liger", "cuda" if cuda else "cpu")  # the Trainer applies them when train() starts, as in sft-train
     builder = {"ours": build_ours, "trl": build_trl, "hf": build_hf, "ours_liger": build_ours}[args.stack]
     trainer, counter = builder(args, base, load_tokenizer(ModelConfig(path=args.model_dir)), work, quant)
     if cuda:

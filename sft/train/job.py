@@ -20,7 +20,7 @@ from sft.model.load import load_model, load_tokenizer
 from sft.model.lora import add_lora, trainable_summary
 from sft.model.quant import pick_device
 from sft.model.fsdp import check_fsdp, shard_fsdp
-from sft.model.kernels import apply_kernels, check_kernels
+from sft.model.kernels import check_kernels, kernels_line
 from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
 from sft.run.rundir import RunDir, run_config
 from sft.run.trackers import KINDS, TRACKERS_FILE, attach, check_installed, chosen
@@ -36,7 +36,7 @@ def build_model(cfg: TrainRunConfig, device: str) -> Any:
 
     set_seed(cfg.seed)
     base = load_model(cfg.model, cfg.quant, device=device)
-    applied = apply_kernels(base, cfg.train.kernels)  # before LoRA wraps the linear layers the fused MLP calls
+    applied = kernels_line(base, cfg.train.kernels)  # the Trainer applies them (training_arguments)
     if applied:
         print(applied)
     return add_lora(base, cfg.quant, cfg.lora, cfg.train.gradient_checkpointing)

@@ -24,6 +24,7 @@ from sft.config import QuantConfig, TrainConfig
 from sft.data.tokenize import IGNORE_INDEX
 from sft.errors import ConfigError
 from sft.train.loss import forward_trained_loss_sum, loss_parity, own_logits_loss_sum, trained_loss_per_row
+from sft.model.kernels import kernel_arguments
 from sft.model.quant import pick_device, weights_dtype
 
 
@@ -79,6 +80,7 @@ def training_arguments(
         average_tokens_across_devices=True,  # the loss divisor counts the trained tokens of every rank
         use_cpu=device == "cpu",
         disable_tqdm=False,
+        **kernel_arguments(train.kernels),  # train.kernels=liger: transformers applies Liger when training starts
     )
 
 
