@@ -31,17 +31,24 @@ class _Bins:
     """Bins being filled: their items, the keys they hold, the room left in each, and the bins with room sorted by
     it (the first that fits is the best fit)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, items: int) -> None:
         self.capacity = capacity
         self.items: list[list[int]] = []
         self.keys: list[set[Hashable]] = []
         self.room: list[int] = []
         self.free: list[tuple[int, int]] = []  # (room left, bin index) of the bins with room left
-        self.where: dict[int, int] = {}  # item -> its bin
+        self.where = [-1] * items  # item -> its bin
 
-    def fitting(self, n: int) -> list[int]:
-        """The bins with room for n, best fit first."""
-        return [b for _, b in self.free[bisect.bisect_left(self.free, (n, -1)):]]
+    def best_fit(self, n: int, key: Hashable) -> tuple[int | None, list[int]]:
+        """The fullest bin with room for n that does not hold `key` (None if there is none), and the fuller bins
+        with room for n that were skipped because they hold it (at most copies - 1 of them)."""
+        skipped = []
+        for at in range(bisect.bisect_left(self.free, (n, -1)), len(self.free)):
+            b = self.free[at][1]
+            if key not in self.keys[b]:
+                return b, skipped
+            skipped.append(b)
+        return None, skipped
 
     def open(self) -> int:
         self.items.append([])
@@ -57,7 +64,7 @@ class _Bins:
         self._set_room(b, self.room[b] - n)
 
     def take(self, item: int, n: int, key: Hashable) -> int:
-        b = self.where.pop(item)
+        b = self.where[item]
         self.items[b].remove(item)
         self.keys[b].discard(key)
         self._set_room(b, self.room[b] + n)
@@ -82,13 +89,12 @@ def best_fit_decreasing(lengths: list[int], capacity: int, keys: list[Hashable] 
     if any(n > capacity for n in lengths):
         raise ValueError("an example is longer than the packing capacity")
     keys = keys if keys is not None else list(range(len(lengths)))
-    bins = _Bins(capacity)
+    bins = _Bins(capacity, len(lengths))
     placed: list[int] = []  # in packing order: decreasing lengths
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        fitting = bins.fitting(lengths[i])
-        free = [b for b in fitting if keys[i] not in bins.keys[b]]
-        if free:
-            bins.put(i, lengths[i], keys[i], free[0])
+        best, fitting = bins.best_fit(lengths[i], keys[i])
+        if best is not None:
+            bins.put(i, lengths[i], keys[i], best)
         elif not _trade(bins, i, fitting, placed, lengths, keys):
             bins.put(i, lengths[i], keys[i], bins.open())
         placed.append(i)
