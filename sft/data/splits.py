@@ -122,7 +122,6 @@ class Records:
         return self.splitter.fix_up(sum(self.splitter.counts.values()))
 
 
-
 def held_out_records(data: DataConfig) -> list[tuple[int, str]]:
     """(id, record_hash) of the held-out records of one source (data without sources), read without tokenizing."""
     forced: dict[int, str] | None = {}
