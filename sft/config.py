@@ -26,7 +26,8 @@ class PrepareRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     out_dir: str = MISSING  # where dataset/ and report.json are written
-    seed: int = 0  # seeds the held-out split and the packed row order
+    # seeds the mixture's draws and the packed row order (sft-train: also LoRA's init and the data order);
+    seed: int = 0  # not the held-out split: data.split_seed does, so a seed sweep keeps one partition
     inspect: int = 0  # print this many examples token by token (masked vs trained)
     inspect_html: bool = False  # also write <out_dir>/inspect.html: those rows (8 when inspect=0), token by token
     cache: bool = True  # reuse processed data cached under the content hash of every input
@@ -76,7 +77,6 @@ class GenerateRunConfig:
     out_dir: str = MISSING
     # all: every record of data.path | train | eval: that side of the held-out split (with a run dir: the run's own
     split: str = "all"  # data settings, so the split training drew, with data.* given on top; data.path=... other data)
-    seed: int = 0  # seeds the held-out split (data.eval_fraction); a training run dir's own seed wins
     max_prompt_tokens: int | None = None  # prompts longer than this (default: context - max_new_tokens) ...
     long_prompt: str = "truncate"  # ... are cut from the left with a warning (truncate) or refused (error)
     debug: bool = False

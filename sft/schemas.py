@@ -80,7 +80,9 @@ class DataConfig:
     messages_field: str = "messages"
     tools_field: str = "tools"  # messages format: an optional per-record list of tool schemas for the template
     eval_path: str | None = None  # held-out file; takes precedence over eval_fraction
-    eval_fraction: float = 0.0  # fraction of records held out (seeded), 0 = none
+    eval_fraction: float = 0.0  # fraction of records held out (seeded by split_seed), 0 = none
+    # seeds the held-out split alone (not `seed`): a seed sweep keeps one train/eval partition and one data cache
+    split_seed: int = 0
     max_records: int | None = None  # at most this many good records per split (cut after the split), for quick runs
     max_seq_len: int = 1024  # tokens per example (padded) or per packed row
     truncation: str = "truncate_source"  # too-long examples: drop | truncate_source (cut the prompt from the left)

@@ -62,12 +62,13 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 # the data settings the tokenized examples of a source do not depend on (they shape the mixture or the rows)
-NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing")
+NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing",
+                     "split_seed")  # split_seed: in the key as `seed=` below, as before it had its own setting
 
 
 def source_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:
     """The cache key of one source's examples: its files' bytes, its settings, the template, the tokenizer, the
-    seed (it draws the held-out split) and the rows' format."""
+    seed of the held-out split (data.split_seed) and the rows' format."""
     h = hashlib.sha256()
     for path in (data.path, data.eval_path):
         if path and is_local(path) and Path(path).expanduser().is_file():
@@ -228,7 +229,7 @@ def build_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: str,
         forced = records.fix_up()
     found = {"name": source.name, "path": source.data.path, "eval_path": source.data.eval_path,
              "records_read": records.read, "bad_records": records.found.bad,
-             "bad_examples": records.found.bad_examples}
+             "bad_examples": records.found.bad_examples, "held_out": records.held_out}
     return found, stats
 
 

@@ -3,6 +3,10 @@
 Each source is tokenized and cached on its own (sft.data.build, keyed by its files' bytes and its own settings);
 the mixture (sft.data.mix) is drawn from those and cached under a key of the source keys, the weights, the packing
 settings and the seed. Rows are Arrow files that every process memory-maps: no process holds them all.
+
+Two seeds: data.split_seed draws the held-out split (a source's entry and key depend on it, not on `seed`), and
+`seed` draws the mixture and the packed row order. A seed sweep so keeps one partition and one tokenized entry
+per source. Each source entry also holds held_out.json: the id and content hash of every held-out record.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
 from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key
 from sft.data.chat import chat_template
+from sft.data.heldout import HELD_OUT, held_out_file, source_held_out, write_held_out
 from sft.data.load import Record
 from sft.data.mix import PACKING_RULE, draw, mixture_report, write_eval, write_train
 from sft.data.prompts import end_of_turn_token
@@ -35,11 +40,12 @@ SPLITS = ("train", "eval")
 class Prepared:
     datasets: Any  # datasets.DatasetDict with "train" and, when held out, "eval" (with a `source` column)
     report: dict[str, Any]
+    held_out: dict[str, Any] = field(default_factory=dict)  # what held_out.json holds (sft.data.heldout)
 
 
-def load_splits(data: DataConfig, seed: int) -> tuple[dict[str, list[Record]], dict[str, Any]]:
-    """Validated records per split, of every source in order, as preparation splits them (data.max_records cuts
-    each split of each source after the split), and what loading them found."""
+def load_splits(data: DataConfig) -> tuple[dict[str, list[Record]], dict[str, Any]]:
+    """Validated records per split, of every source in order, as preparation splits them (seeded by
+    data.split_seed; data.max_records cuts each split of each source after the split), and what loading them found."""
     from sft.data.splits import Records
 
     splits: dict[str, list[Record]] = {"train": [], "eval": []}
@@ -48,7 +54,7 @@ def load_splits(data: DataConfig, seed: int) -> tuple[dict[str, list[Record]], d
     for source in sources:
         forced: dict[int, str] | None = {}
         while forced is not None:
-            records = Records(source.data, seed, forced)
+            records = Records(source.data, source.data.split_seed, forced)
             got: dict[str, list[Record]] = {"train": [], "eval": []}
             for split, _, chunk in records.chunks():
                 got[split] += chunk
@@ -99,9 +105,10 @@ def _scratch() -> Path:
     return Path(_TEMPORARY[0])
 
 
-def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: str, seed: int, use_cache: bool,
+def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: str, use_cache: bool,
                    num_proc: int, several: bool) -> tuple[Path, dict[str, Any]]:
     """One source's entry (cached, or built now) and its report."""
+    seed = source.data.split_seed  # the one seed a source's examples depend on: it draws their split
     key = source_key(source.data, prompt, tokenizer, seed)
     entry = (cache_root() / "datasets" / f"src-{key}") if use_cache else _scratch() / f"src-{key}"
     hit = use_cache and (entry / "report.json").is_file()
@@ -112,6 +119,7 @@ def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: st
         except DataError as e:
             raise DataError(f"data source {source.name!r}: {e}" if several else str(e)) from None
         found["splits"] = {split: split_report(s) for split, s in stats.items() if s.examples}
+        write_held_out(tmp / HELD_OUT, found.pop("held_out"))
         write_json_atomic(tmp / "report.json", found)
 
     if not hit:
@@ -173,7 +181,7 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     sources = resolve_sources(data)
     eot = end_of_turn_token(prompt, tokenizer)
     num_proc = data.num_proc or cores()
-    built = [prepare_source(s, prompt, tokenizer, eot, seed, use_cache, num_proc, len(sources) > 1) for s in sources]
+    built = [prepare_source(s, prompt, tokenizer, eot, use_cache, num_proc, len(sources) > 1) for s in sources]
     entries, reports = [e for e, _ in built], [r for _, r in built]
     key = mixture_key(data, sources, [r["cache"]["key"] for r in reports], seed)
     entry = (cache_root() / "datasets" / key) if use_cache else _scratch() / key
@@ -186,7 +194,8 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     report["cache"] = {"key": key, "hit": hit}
     splits = {name: datasets.Dataset.from_file(str(entry / f"{name}.arrow"))
               for name in SPLITS if (entry / f"{name}.arrow").is_file()}
-    return Prepared(datasets.DatasetDict(splits), report)
+    held = {s.name: source_held_out(s, e) for s, e in zip(sources, entries)}
+    return Prepared(datasets.DatasetDict(splits), report, held_out_file(sources, held))
 
 
 def assemble_report(data: DataConfig, prompt: PromptConfig, tokenizer: Any, eot: str, sources: list[Source],
@@ -226,8 +235,10 @@ def write_prepared(prepared: Prepared, out_dir: str) -> Path:
     target = Path(out_dir)
     target.mkdir(parents=True, exist_ok=True)
     (target / "report.json").unlink(missing_ok=True)
+    (target / HELD_OUT).unlink(missing_ok=True)
     shutil.rmtree(target / "dataset", ignore_errors=True)
     publish_dir(target / "dataset", lambda tmp: save_splits(prepared.datasets, tmp), marker="dataset_dict.json")
+    write_held_out(target / HELD_OUT, prepared.held_out)
     write_json_atomic(target / "report.json", prepared.report)
     return target
 

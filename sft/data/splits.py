@@ -3,17 +3,27 @@
 A record is held out when its draw (sft.data.load.held_out_draw: seed and content) is below the fraction, so its
 side does not depend on the other records. At least one record lands on each side: when one side comes out
 empty, the record with the lowest draw (or the highest) is moved to it in a second pass. max_records cuts each
-side after the split, reading stops once every side it feeds is full.
+side after the split, reading stops once every side it feeds is full. `Records.held_out` keeps the id and a short
+content hash of each held-out record as it goes: what a run records of its held-out set (sft.data.heldout).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Iterator
 
 from sft.config import DataConfig
 from sft.data.load import LoadResult, Record, held_out_draw, iter_records, no_usable_records
 
 CHUNK = 1000  # records per chunk handed on (to a tokenizing worker)
+HASH_HEX = 12  # hex digits of a held-out record's content hash: 48 bits tell an edited record from the one held out
+
+
+def record_hash(record: Record) -> str:
+    """A short hash of what a record says (its id, a position, and the source a mixture adds are left out)."""
+    content = json.dumps({k: v for k, v in record.items() if k not in ("id", "source")}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(content.encode()).hexdigest()[:HASH_HEX]
 
 
 class Splitter:
@@ -68,6 +78,7 @@ class Records:
         self.splitter = Splitter(data.eval_fraction if not data.eval_path else 0.0, seed, forced)
         self.found = LoadResult(records=[], source=data.path or "")
         self.read = 0  # records read from the files, good and bad
+        self.held_out: list[tuple[int, str]] = []  # (id, record_hash) of every held-out record, in file order
 
     def chunks(self) -> Iterator[tuple[str, str, list[Record]]]:
         """(split, file, records) in file order."""
@@ -95,6 +106,8 @@ class Records:
                 continue
             counts[split] += 1
             pending[split].append(record)
+            if split == "eval":
+                self.held_out.append((record["id"], record_hash(record)))
             if len(pending[split]) >= CHUNK:
                 yield split, path, pending[split]
                 pending[split] = []
@@ -108,3 +121,13 @@ class Records:
     def fix_up(self) -> dict[int, str] | None:
         return self.splitter.fix_up(sum(self.splitter.counts.values()))
 
+
+def held_out_records(data: DataConfig) -> list[tuple[int, str]]:
+    """(id, record_hash) of the held-out records of one source (data without sources), read without tokenizing."""
+    forced: dict[int, str] | None = {}
+    while forced is not None:
+        records = Records(data, data.split_seed, forced)
+        for _ in records.chunks():
+            pass
+        forced = records.fix_up()
+    return records.held_out

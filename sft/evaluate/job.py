@@ -2,6 +2,8 @@
 
     sft-eval adapter=outputs/my-run out_dir=eval/my-run
 
+With a training run directory the held-out records are the run's own, checked against its held_out.json
+(sft.generate.setup, sft.data.heldout): records it did not hold out are refused, never scored as held out.
 For each model it writes a resumable generation run (`<out_dir>/base/`, `<out_dir>/adapter/`) and scores
 it with exact match, token F1 and ROUGE-L (sft.evaluate.metrics), and computes the loss and perplexity of the
 references (sft.evaluate.reference). The table goes to stdout as markdown and to `<out_dir>/eval.json`,

@@ -3,17 +3,20 @@ was trained on, the template, the tokenizer, the records and the prompt budget.
 
 A training run directory fixes the base model and the prompt template, so evaluation uses exactly what
 training used; an adapter trained on another base is refused. With split=train|eval it also fixes the data
-settings, so the held-out split is the one training drew.
+settings, so the held-out split is the one training drew; with split=eval the records are checked against the
+run's held_out.json (sft.data.heldout), so no record it trained on is scored as held out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sft.config import DataConfig, messages_need_chat, GenerateRunConfig, GenerationConfig, ModelConfig, PromptConfig, QuantConfig
+from sft.data.heldout import check_held_out
 from sft.data.load import Record, is_local, load_records
 from sft.data.sources import describe_data, resolve_sources
 from sft.errors import ConfigError, DataError
@@ -21,6 +24,7 @@ from sft.generate.items import Item, build_items
 from sft.model.load import load_model, load_tokenizer, model_name, resolve_model_path
 from sft.model.lora import keep_one_cpu_kernel
 from sft.run.adapter import AdapterSource, find_adapter
+from sft.run.rundir import HELD_OUT, RunDir
 
 
 @dataclass
@@ -39,8 +43,7 @@ class ModelSetup:
 @dataclass
 class GenerationSetup(ModelSetup):
     prompt: PromptConfig  # the training run's template, else the configured one
-    data: DataConfig  # the data settings the records were selected with
-    seed: int  # the seed of the held-out split
+    data: DataConfig  # the data settings the records were selected with (data.split_seed: the split's seed)
     records: list[Record]
     items: list[Item]  # one per (record, sample), prompts tokenized and fitted to the context
 
@@ -65,11 +68,12 @@ def resolve_setup(cfg: GenerateRunConfig, given_data_keys: set[str] | None, item
     problems = messages_need_chat(data, prompt)
     if problems:
         raise ConfigError(problems[0])
-    seed = source.run.seed(cfg.seed) if source and source.run else cfg.seed
-    records = select_records(data, cfg.split, seed)
+    records = select_records(data, cfg.split)
+    if cfg.split == "eval" and source is not None and source.run is not None:
+        check_records(source.run, data, records)
     limit = context_limit(found.model_path, found.model, cfg.generation, cfg.max_prompt_tokens)
     built = build_items(records, prompt, found.tokenizer, cfg.generation, limit, cfg.long_prompt, describe_data(data)) if items else []
-    return GenerationSetup(source, found.model, found.model_path, found.tokenizer, prompt, data, seed, records, built)
+    return GenerationSetup(source, found.model, found.model_path, found.tokenizer, prompt, data, records, built)
 
 
 def tokenizer_dir(source: AdapterSource | None) -> str | None:
@@ -79,7 +83,7 @@ def tokenizer_dir(source: AdapterSource | None) -> str | None:
     return str(saved) if saved is not None and saved.is_dir() else None
 
 
-def select_records(data: DataConfig, split: str, seed: int) -> list[Record]:
+def select_records(data: DataConfig, split: str) -> list[Record]:
     """`all`: every record of data.path; `train`/`eval`: that side of the held-out split, as training made it."""
     sources = resolve_sources(data)
     if split == "all":  # outputs are references
@@ -89,11 +93,28 @@ def select_records(data: DataConfig, split: str, seed: int) -> list[Record]:
                 for r in load_records(s.data.path, s.data, answers=False, limit=s.data.max_records).records]
     from sft.data.prepare import load_splits
 
-    splits, _ = load_splits(data, seed)
+    splits, _ = load_splits(data)
     if split not in splits:
         raise DataError(f"split={split}: {describe_data(data)} has no {split} records (set data.eval_path or "
                         "data.eval_fraction, or split=all)")
     return splits[split]
+
+
+def check_records(run: RunDir, data: DataConfig, records: list[Record]) -> None:
+    """Held-out records of a run's own files must be ones it recorded as held out; a run from before runs recorded
+    them is evaluated as before, with a note: refusing it would leave no way to evaluate it at all."""
+    sources = resolve_sources(data)
+    recorded = run.held_out()
+    if recorded is not None:
+        for note in check_held_out(recorded, run.path, sources, records):
+            print(note, file=sys.stderr)
+        return
+    trained = run.data()
+    files = {(s.data.path, s.data.eval_path) for s in resolve_sources(trained)} if trained is not None else set()
+    if any((s.data.path, s.data.eval_path) in files for s in sources):
+        print(f"note: {run.path} has no {HELD_OUT} (it was trained before runs recorded their held-out records): "
+              "its held-out split is drawn again from its config.yaml by today's code, which gives other records "
+              "than training held out if the split rule changed since (it did on 2026-12-01)", file=sys.stderr)
 
 
 def context_limit(model_path: str, model_cfg: ModelConfig, gen: GenerationConfig, max_prompt_tokens: int | None) -> int:

@@ -3,6 +3,7 @@
     out_dir/
       config.yaml        the resolved config (model, data, prompt, quant, lora, train, seed): evaluation reads it
       report.json        the data report of sft-prepare
+      held_out.json      the held-out records it trained without: per source, ids and content hashes (sft.data.heldout)
       tokenizer/         the tokenizer the data was prepared with
       adapter/           PEFT adapter (adapter_config.json, adapter_model.safetensors), written at the end
       metrics.jsonl      one line per log: step, loss, eval_loss, lr, grad_norm, trained_tokens, tokens_per_s
@@ -32,6 +33,7 @@ CONFIG = "config.yaml"
 FINISHED = "finished.json"
 REPORT = "report.json"
 METRICS = "metrics.jsonl"
+HELD_OUT = "held_out.json"  # written by sft.data.heldout (imported when needed: it pulls in the data pipeline)
 # Keys that do not change what is trained: a rerun may set them differently.
 # settings that change nothing trained: where outputs and metrics go, how many workers tokenize (the same rows)
 NOT_COMPARED = ("out_dir", "debug", "cache", "inspect", "inspect_html", "data.num_proc", "train.report_to",
@@ -111,8 +113,17 @@ class RunDir:
     def prompt(self) -> PromptConfig | None:
         return self.section("prompt", PromptConfig)
 
+    @property
+    def predates_split_seed(self) -> bool:
+        """Made before data.split_seed existed: its held-out split was drawn with `seed`."""
+        data = self.config.get("data")
+        return isinstance(data, dict) and "split_seed" not in data
+
     def data(self) -> DataConfig | None:
+        """The run's data settings; split_seed is the seed its held-out split was drawn with, also for an old run."""
         data = self.section("data", DataConfig)
+        if data is not None and self.predates_split_seed:
+            data.split_seed = self.seed(data.split_seed)
         if data is not None and data.sources:
             names = {f.name for f in dataclasses.fields(SourceConfig)}
             data.sources = [SourceConfig(**{k: v for k, v in s.items() if k in names}) for s in data.sources]
@@ -128,6 +139,16 @@ class RunDir:
 
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.checkpoints)
+
+    def held_out(self) -> dict[str, Any] | None:
+        """held_out.json, or None for a run from before runs recorded it (or one that never began training)."""
+        path = self.path / HELD_OUT
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:  # a damaged file is the user's to fix
+            raise ConfigError(f"{path}: cannot read it ({e})") from None
 
     # --- judging a rerun ---------------------------------------------------------------------------------------
     def status(self, wanted: dict[str, Any]) -> Literal["new", "resume", "finished", "restart"]:
@@ -153,6 +174,28 @@ class RunDir:
     def changed_keys(self, wanted: dict[str, Any]) -> list[str]:
         return compared(self.config, wanted)
 
+    def keep_split(self, cfg: TrainRunConfig) -> TrainRunConfig:
+        """cfg, for a rerun into a run from before data.split_seed with the same seed and data.split_seed left at
+        its default: with the split that run drew (data.split_seed = its seed), and so the cache keys its
+        checkpoints name, so it resumes. Anything else: cfg as given."""
+        default = DataConfig().split_seed
+        if not (self.has_config and self.predates_split_seed) or cfg.seed != self.seed(default) \
+                or cfg.data.split_seed != default:
+            return cfg
+        if cfg.seed != default:
+            print(f"note: {self.path} was made before data.split_seed: its held-out split stays the one "
+                  f"seed={cfg.seed} drew (data.split_seed={cfg.seed})")
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split_seed=cfg.seed))
+
+    def as_written(self, cfg: TrainRunConfig) -> dict[str, Any]:
+        """run_config(cfg) as this directory records it: a run from before data.split_seed, rerun with the split it
+        drew (data.split_seed == seed), keeps no data.split_seed, so it stays one whose split is its seed's and the
+        same command can resume it again."""
+        config = run_config(cfg)
+        if self.has_config and self.predates_split_seed and cfg.data.split_seed == cfg.seed:
+            del config["data"]["split_seed"]
+        return config
+
     # --- writing (rank 0) --------------------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -170,6 +213,18 @@ class RunDir:
         """Drop records logged after `step` (they belong to steps that will be trained again)."""
         kept = [r for r in self.read_metrics() if r["step"] <= step]
         write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def record_held_out(self, held_out: dict[str, Any], resumed: bool) -> None:
+        """held_out.json when training starts from step 0; a resume (its data checked against the checkpoint's)
+        keeps the record of the split it trained with, or writes it for a run from before runs recorded one."""
+        from sft.data.heldout import write_held_out
+
+        if not resumed or not (self.path / HELD_OUT).is_file():
+            write_held_out(self.path / HELD_OUT, held_out)
+
+    def forget_held_out(self) -> None:
+        """Before training starts over (a new or restarted run): a new split will be recorded."""
+        (self.path / HELD_OUT).unlink(missing_ok=True)
 
     def mark_finished(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / FINISHED, summary)

@@ -180,7 +180,7 @@ def prepare_run(cfg: TrainRunConfig, run: RunDir) -> tuple[Any, Prepared, Any]:
     args = training_arguments(cfg.train, cfg.quant, cfg.seed, run.path, "eval" in prepared.datasets, cfg.model.dtype,
                               cfg.data.packing)
     if args.process_index == 0:
-        run.begin(run_config(cfg), prepared.report, tokenizer)
+        run.begin(run.as_written(cfg), prepared.report, tokenizer)
         print("\n".join(summary_lines(prepared.report)))
     return tokenizer, prepared, args
 
@@ -210,15 +210,18 @@ def train(cfg: TrainRunConfig) -> int:
     started = time.time()
     run = RunDir(cfg.out_dir)
     out = run.path
-    status = run.status(run_config(cfg))
+    cfg = run.keep_split(cfg)
+    status = run.status(run.as_written(cfg))
     if status == "finished":
         print(f"{out}: this run is already finished (finished.json); nothing to do")
         return 0
     if status == "restart":
-        changed = run.changed_keys(run_config(cfg))
+        changed = run.changed_keys(run.as_written(cfg))
         print(f"{out}: the run there stopped before its first checkpoint; starting over with the changed "
               f"settings ({', '.join(changed)})")
         (out / TRACKERS_FILE).unlink(missing_ok=True)  # other settings: new tracker runs, not the old ones continued
+    if status in ("new", "restart"):
+        run.forget_held_out()  # training starts from step 0: the split it draws now is the one recorded
     check_installed(cfg.train.report_to)  # before any model loads
     if cfg.train.fsdp:  # before anything loads: the data, the tokenizer, the model
         check_fsdp(cfg.quant, pick_device(), int(os.environ.get("WORLD_SIZE", "1")), cfg.train.optim,
@@ -251,7 +254,9 @@ def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started:
             print(line)
     stopper = StopOnPreemption(preemption)
     trainer = build_trainer(cfg, model, prepared, args, tokenizer, run, stopper, trackers)
-    checkpoint = resume_point(trainer, run)
+    checkpoint = resume_point(trainer, run)  # refuses changed data: what held_out.json records is what is trained
+    if trainer.is_world_process_zero():
+        run.record_held_out(prepared.held_out, resumed=checkpoint is not None)
     if checkpoint is None and trainer.eval_dataset is not None and cfg.train.eval_at_start:
         trainer.evaluate()  # step 0: the eval loss before any training
         trainer.model._is_accelerate_prepared = False  # evaluate() marked it prepared: train() would skip DDP

@@ -62,6 +62,36 @@ def test_split_eval_uses_only_what_training_held_out_before_and_after_appending(
         write_jsonl(trained["data"], RECORDS + more)
 
 
+def test_the_run_records_its_held_out_records_and_sft_eval_refuses_a_run_whose_data_gives_others(
+        trained: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from sft.data.splits import record_hash
+
+    write_jsonl(trained["data"], RECORDS)  # the file as trained
+    recorded = json.loads((trained["run"] / "held_out.json").read_text())["sources"]["records"]
+    assert {RECORDS[i]["instruction"] for i, _ in recorded["records"]} == held_out_by_training(trained["run"])
+    assert all(h == record_hash({**RECORDS[i], "id": i}) for i, h in recorded["records"])
+    assert (recorded["path"], recorded["eval_fraction"], recorded["split_seed"]) == (str(trained["data"]), 0.2, 0)
+    # the record of another split (as a changed split rule would give): the run's first held-out record is absent
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    first = recorded["records"][0][0]
+    recorded["records"] = recorded["records"][1:]
+    (run / "held_out.json").write_text(json.dumps({"format": 1, "sources": {"records": recorded}}))
+    for command, extra in (("eval", ()), ("generate", ("split=eval",))):
+        out = tmp_path / command
+        proc = run_sft(command, f"adapter={run}", *extra, "generation.max_new_tokens=2", f"out_dir={out}")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: {run}: data source 'records' ({trained['data']}) now gives held-out records that "
+                          f"do not match the {len(recorded['records'])} in its held_out.json: 1 that it did not hold "
+                          f"out (records {first}): it may have trained on them. The file, the data settings or sft's "
+                          "split rule changed since training; restore the file and settings, or evaluate on other "
+                          "data explicitly (data.path=... data.eval_path=...)"], proc.stderr[-3000:]
+        assert not out.exists()
+
+
 def test_reference_loss_is_the_runs_final_eval_loss(trained: dict[str, Path]) -> None:
     write_jsonl(trained["data"], RECORDS)  # the file as trained
     out = trained["root"] / "loss"

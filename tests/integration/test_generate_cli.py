@@ -180,12 +180,12 @@ def test_split_eval_of_a_run_directory_is_the_split_training_drew(tiny, tmp_path
 
     run = tmp_path / "run"
     save_adapter(tiny["base"], run / "adapter")
-    data = {"path": str(tiny["data"]), "eval_path": None, "eval_fraction": 0.3, "max_seq_len": 128}
+    data = {"path": str(tiny["data"]), "eval_path": None, "eval_fraction": 0.3, "max_seq_len": 128, "split_seed": 7}
     write_run_config(run, str(tiny["base"]), data, CUSTOM, seed=7)
-    held_out = load_splits(DataConfig(**data), 7)[0]["eval"]
+    held_out = load_splits(DataConfig(**data))[0]["eval"]
     assert 0 < len(held_out) < len(RECORDS)
 
-    # no data settings given: the run's data and seed (the defaults would be the demo's file, split=eval fails)
+    # no data settings given: the run's data and split seed (the defaults would be the demo's file, split=eval fails)
     proc = run_sft("generate", f"adapter={run}", "split=eval", f"out_dir={tmp_path / 'g'}", "generation.max_new_tokens=4")
     ok(proc)
     assert "split=eval of the training run's data" in proc.stdout
@@ -194,7 +194,7 @@ def test_split_eval_of_a_run_directory_is_the_split_training_drew(tiny, tmp_path
     mine = run_sft("generate", f"adapter={run}", "split=eval", "data.eval_fraction=0.5", f"out_dir={tmp_path / 'h'}",
                    "generation.max_new_tokens=4")
     ok(mine)
-    half = load_splits(DataConfig(**{**data, "eval_fraction": 0.5}), 7)[0]["eval"]
+    half = load_splits(DataConfig(**{**data, "eval_fraction": 0.5}))[0]["eval"]
     assert sorted(r["instruction"] for r in rows(tmp_path / "h")) == sorted(r["instruction"] for r in half)
     assert 2 <= len(half) <= 8 and len(half) != len(held_out)  # half of 10 on average: another split than 0.3
     # a run whose data file is not where its config.yaml says, seen from here: one message, nothing written

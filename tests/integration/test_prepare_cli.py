@@ -26,6 +26,10 @@ def test_prepare_writes_dataset_and_report_and_reuses_its_cache(tmp_path):
 
     records = load_records(str(data), DataConfig(path=str(data))).records
     assert held["kept"] == len(split_records(records, 0.2, seed=0)[1])
+    from sft.data.splits import record_hash
+
+    listed = json.loads((out / "held_out.json").read_text())["sources"]["d"]["records"]  # as a training run records it
+    assert listed == [[r["id"], record_hash(r)] for r in split_records(records, 0.2, seed=0)[1]]
     assert train["eos_trained"] == {"ok": True, "examples_without": 0}
     prepared = load_prepared(out)
     assert prepared.datasets["train"].column_names == ["input_ids", "labels"]

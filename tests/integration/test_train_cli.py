@@ -223,3 +223,30 @@ def test_a_mixture_trains_to_the_shares_asked_with_an_eval_loss_per_source_and_r
     again = run_sft("train", *args)
     assert again.returncode == 1
     assert f"data source 'b' ({b}) is not the data" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_run_directory_from_before_split_seed_resumes_with_the_split_its_seed_drew(
+        tiny_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    """A run made when `seed` drew the held-out split (no data.split_seed in its config.yaml, no held_out.json),
+    stopped after checkpoint-2: the same command resumes it on the same rows (the checkpoint's data keys match),
+    records the split it drew, and stays such a run, so the command resumes it again."""
+    out = tmp_path / "run"
+    first = run_sft("train", *tiny_overrides(tiny_dir, data_file, f"out_dir={out}", "seed=3", "data.split_seed=3"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    held_out = json.loads((out / "held_out.json").read_text())
+    assert held_out["sources"]["train"]["split_seed"] == 3 and held_out["sources"]["train"]["records"]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    del config["data"]["split_seed"]  # as sft wrote it before data.split_seed
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name in ("finished.json", "held_out.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "adapter")
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
+    resumed = run_sft("train", *tiny_overrides(tiny_dir, data_file, f"out_dir={out}", "seed=3"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "its held-out split stays the one seed=3 drew" in resumed.stdout
+    assert f"resuming from {out / 'checkpoints' / 'checkpoint-2'}" in resumed.stdout
+    assert json.loads((out / "held_out.json").read_text()) == held_out
+    assert "split_seed" not in yaml.safe_load((out / "config.yaml").read_text())["data"]
+    again = run_sft("train", *tiny_overrides(tiny_dir, data_file, f"out_dir={out}", "seed=3"))
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-3000:]

@@ -121,8 +121,8 @@ def test_max_records_cuts_each_split_after_it_is_made(tmp_path):
     from sft.data.prepare import load_splits
 
     path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"q {i}", "output": f"a {i}"} for i in range(100)])
-    full = load_splits(DataConfig(path=str(path), eval_fraction=0.2), seed=0)[0]
-    cut = load_splits(DataConfig(path=str(path), eval_fraction=0.2, max_records=5), seed=0)[0]
+    full = load_splits(DataConfig(path=str(path), eval_fraction=0.2))[0]
+    cut = load_splits(DataConfig(path=str(path), eval_fraction=0.2, max_records=5))[0]
     assert cut["eval"] == full["eval"][:5] and cut["train"] == full["train"][:5]
 
 

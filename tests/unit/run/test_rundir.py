@@ -95,3 +95,33 @@ def test_latest_checkpoint_never_picks_staging_or_incomplete_directories(tmp_pat
     assert not (tmp_path / ".tmp-checkpoint-12").exists()
     rotate(tmp_path, keep=1)
     assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-10"]
+
+
+def test_a_run_from_before_split_seed_resumes_with_the_split_its_seed_drew(tmp_path: Path) -> None:
+    """Its config.yaml has no data.split_seed: its held-out split (and the cache keys its checkpoints name) came
+    from `seed`. The same command resumes it, again and again; another split seed is a difference."""
+    old = run_config(TrainRunConfig(out_dir=str(tmp_path), seed=3))
+    del old["data"]["split_seed"]
+    run = RunDir(tmp_path)
+    run.write_config(old)
+    make_checkpoint(run.checkpoints, "checkpoint-2")
+    assert run.data().split_seed == 3  # what sft-eval re-derives the split with
+    cfg = run.keep_split(TrainRunConfig(out_dir=str(tmp_path), seed=3))
+    assert cfg.data.split_seed == 3
+    assert run.status(run.as_written(cfg)) == "resume"
+    run.write_config(run.as_written(cfg))  # what the resumed run writes: still a run whose split is its seed's
+    again = RunDir(tmp_path)
+    assert again.predates_split_seed and again.status(again.as_written(again.keep_split(
+        TrainRunConfig(out_dir=str(tmp_path), seed=3)))) == "resume"
+    other = TrainRunConfig(out_dir=str(tmp_path), seed=3)
+    other.data.split_seed = 5
+    with pytest.raises(ConfigError, match=r"data\.split_seed: '<absent>' in the run, 5 now"):
+        again.status(again.as_written(again.keep_split(other)))
+
+
+def test_a_new_run_records_the_default_split_seed_not_its_seed(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    cfg = run.keep_split(TrainRunConfig(out_dir=str(tmp_path), seed=3))
+    assert cfg.data.split_seed == 0  # the default: not the seed
+    run.write_config(run.as_written(cfg))
+    assert run.config["data"]["split_seed"] == 0 and run.data().split_seed == 0
