@@ -129,11 +129,13 @@ def demo_eval_path(path: str | None) -> str | None:
     return resource_path("demo_eval.jsonl") if path == resource_path("demo_train.jsonl") else None
 
 
+SCHEMAS: dict[str, type] = {"prepare": PrepareRunConfig, "train": TrainRunConfig, "merge": MergeRunConfig,
+                             "generate": GenerateRunConfig, "eval": EvalRunConfig, "bench": BenchRunConfig}
+
+
 def register_configs() -> None:
     for name, resolver in (("sft_resource", resource_path), ("sft_demo_eval", demo_eval_path)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
-    schemas = {"prepare": PrepareRunConfig, "train": TrainRunConfig, "merge": MergeRunConfig,
-               "generate": GenerateRunConfig, "eval": EvalRunConfig, "bench": BenchRunConfig}
-    for command, schema in schemas.items():
+    for command, schema in SCHEMAS.items():
         ConfigStore.instance().store(name=f"base_{command}", node=schema)
