@@ -160,6 +160,25 @@ def check_override_keys(command: str, args: list[str]) -> None:
         raise ConfigError(unknown_keys_message(schema, unknown, command))
 
 
+PRINTING = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")
+
+
+def hydra_args(args: list[str]) -> list[str]:
+    """What Hydra is given. Commands that only print (--help, --cfg) end quietly when the reader stops reading
+    (`--help | head`), as other Unix tools do. `--cfg job --resolve` composes without running, so Hydra has set
+    no run directory for `out_dir: ${hydra:runtime.output_dir}`: it is given the one a run would use."""
+    import signal
+
+    if not any(a.split("=")[0] in PRINTING for a in args):
+        return args
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if "--resolve" in args and not any(a.startswith("hydra.runtime.output_dir=") for a in args):
+        # next to the other overrides: argparse takes them as one run of positional arguments
+        at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+        return [*args[:at], "hydra.runtime.output_dir=${..run.dir}", *args[at:]]
+    return args
+
+
 def console(command: str, main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point (`sft-<command>`, `python -m sft <command>`): choose the C allocator first
     (sft.allocator: restarts the process once under jemalloc when the system has it), check the keys of the
@@ -174,6 +193,7 @@ def console(command: str, main: Callable[[], Any]) -> Callable[[], None]:
         except SftError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
+        sys.argv[1:] = hydra_args(sys.argv[1:])
         main()
 
     entry.__doc__ = main.__doc__

@@ -4,6 +4,7 @@ directory outside the repo. Each case fails fast (before a model loads) or runs 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,46 @@ def test_a_dict_valued_setting_takes_new_keys(tmp_path: Path) -> None:
     done = sft("train", "+prompt.template_kwargs.enable_thinking=false", "--cfg", "job", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "template_kwargs:\n    enable_thinking: false" in done.stdout
+
+
+def test_a_run_leaves_nothing_in_the_working_directory(tmp_path: Path, tiny_dir: Path) -> None:
+    """Hydra's run directory (.hydra/, the command's log) is out_dir, not ./outputs/DATE/TIME."""
+    from conftest import write_jsonl
+
+    cwd, out = tmp_path / "cwd", tmp_path / "out"
+    cwd.mkdir()
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"say {i}", "output": str(i)} for i in range(8)])
+    done = sft("prepare", f"model.path={tiny_dir}", "data=alpaca", f"data.path={data}", "data.max_seq_len=64",
+               f"out_dir={out}", "cache=false", cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    assert list(cwd.iterdir()) == []
+    assert (out / "report.json").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
+    assert (out / "sft-prepare.log").is_file()
+
+
+def test_resolved_config_and_help_print_without_a_traceback(tmp_path: Path) -> None:
+    resolved = sft("train", "--cfg", "job", "--resolve", f"out_dir={tmp_path / 'mine'}", cwd=tmp_path)
+    assert resolved.returncode == 0, resolved.stderr
+    assert f"out_dir: {tmp_path / 'mine'}\n" in resolved.stdout
+    default = sft("eval", "--cfg", "job", "--resolve", cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    assert re.search(r"^out_dir: outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d$", default.stdout, re.M)
+    usage = subprocess.run([sys.executable, "-m", "sft", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: python -m sft {bench,eval,generate,merge,prepare,train}")
+    # a reader that stops early: the command ends quietly (SIGPIPE), not with a BrokenPipeError traceback
+    piped = subprocess.run(f"'{BIN / 'sft-train'}' --help | head -1", shell=True, cwd=tmp_path, capture_output=True,
+                           text=True)
+    assert piped.stdout.startswith("sft-train: ") and "Traceback" not in piped.stderr and "Broken" not in piped.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_gives_each_setting_its_schema_comment(tmp_path: Path) -> None:
+    done = sft("train", "--help", "train.lr=1e-3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "\ntrain:\n  lr: 0.001  # peak learning rate\n" in done.stdout  # the value given, with its comment
+    assert "  grad_accum: 4  # micro-batches per optimizer step\n" in done.stdout
+    assert "  # Hub id, local directory, or a .gguf file" in done.stdout  # a comment block above its key
+    assert "\nseed: 0  # seeds the held-out split and the packed row order\n" in done.stdout
+    bench = sft("bench", "--help", cwd=tmp_path)
+    assert "  tasks: ???  # type: ignore[assignment]" not in bench.stdout
+    assert "  include_path: null  # a directory of your own task YAML files" in bench.stdout
