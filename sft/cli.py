@@ -66,8 +66,23 @@ def run_command(command: Callable[[Any], Any], cfg: DictConfig) -> Any:
     except SftError as e:
         if debug:
             raise
+        remove_hydra_leftovers()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def remove_hydra_leftovers() -> None:
+    """A command refused before it wrote anything leaves no directory: Hydra made its run directory (out_dir,
+    with .hydra/ and an empty log) before the command ran."""
+    import shutil
+
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    log = out / f"{hydra_cfg.job.name}.log"
+    if not out.is_dir() or {p.name for p in out.iterdir()} - {".hydra", log.name}:
+        return
+    if not log.exists() or log.stat().st_size == 0:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def data_keys_set_by_user() -> set[str]:

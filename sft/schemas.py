@@ -141,7 +141,9 @@ class PromptConfig:
     name: str = "alpaca"  # alpaca: the published Alpaca templates | chat: the tokenizer's chat template | custom
     template_input: str | None = None  # custom: format string with {instruction} and {input}
     template_no_input: str | None = None  # custom: format string with {instruction}, used when input is empty
-    system: str | None = None  # chat: system message; null keeps the template's own default
+    # chat: system message (null keeps the template's own default); custom: the text put in place of {system};
+    # alpaca: refused (the published templates have no place for one)
+    system: str | None = None
     # token that ends a trained turn; null = the one the chat template closes turns with (chat), else the EOS
     end_of_turn: str | None = None
     chat_template: str | None = None  # chat: a .jinja file or the template itself; null = the tokenizer's own
@@ -164,7 +166,19 @@ class PromptConfig:
                     out.append(f"{key}.{attr}: required when {key}.name=custom")
                 elif any(n not in text for n in needed):
                     out.append(f"{key}.{attr}: must contain {' and '.join(needed)}")
-        return out
+        return out + self.system_problems(key)
+
+    def system_problems(self, key: str) -> list[str]:
+        """prompt.system must land somewhere: chat's system turn, or a custom template's {system}."""
+        templates = [t for t in (self.template_input, self.template_no_input) if t]
+        if self.name == "alpaca" and self.system is not None:
+            return [f"{key}.system: prompt=alpaca has no place for a system message (the published Alpaca templates); "
+                    f"use prompt=chat, or prompt=custom with {{system}} in its templates"]
+        if self.name == "custom" and self.system is not None and not any("{system}" in t for t in templates):
+            return [f"{key}.system is set but neither {key}.template_input nor {key}.template_no_input contains {{system}}"]
+        if self.name == "custom" and self.system is None and any("{system}" in t for t in templates):
+            return [f"{key}.template_input/template_no_input contain {{system}}: set {key}.system"]
+        return []
 
 
 @dataclass

@@ -80,3 +80,16 @@ def test_help_gives_each_setting_its_schema_comment(tmp_path: Path) -> None:
     bench = sft("bench", "--help", cwd=tmp_path)
     assert "  tasks: ???  # type: ignore[assignment]" not in bench.stdout
     assert "  include_path: null  # a directory of your own task YAML files" in bench.stdout
+
+
+def test_a_system_message_the_template_would_ignore_is_one_error(tmp_path: Path) -> None:
+    done = sft("train", "prompt.system=Brief", "data.path=absent.jsonl", f"out_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: invalid config:\n  prompt.system: prompt=alpaca has no place for a system message")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_command_leaves_no_out_dir(tmp_path: Path) -> None:
+    done = sft("eval", "generation.max_new_tokens=0", f"out_dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith("error: invalid config:\n  generation.max_new_tokens=0")
+    assert list(tmp_path.iterdir()) == []
