@@ -268,7 +268,8 @@ class TrainConfig:
 @dataclass
 class GenerationConfig:
     seed: int = 0  # base seed; each (example, sample) draws from its own generator derived from it
-    do_sample: bool = False  # false = greedy (or beam search when num_beams > 1)
+    # false = greedy (or beam search when num_beams > 1); temperature, top_p, top_k or min_p set while false: an error
+    do_sample: bool = False
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p
     top_k: int = 0  # keep the k most likely tokens; 0 = off
@@ -307,7 +308,16 @@ class GenerationConfig:
                        f"{key}.temperature > 0 (greedy samples are all the same)")
         if any(not s for s in self.stop):
             out.append(f"{key}.stop: stop strings must not be empty")
-        return out
+        return out + self.unused_sampling(key)
+
+    def unused_sampling(self, key: str) -> list[str]:
+        """Sampling settings with sampling off would decode greedily without a word: refused, naming the fix."""
+        if self.do_sample:
+            return []
+        unused = [f"{key}.{name}={getattr(self, name)}" for name, off in (("temperature", 1.0), ("top_p", 1.0),
+                  ("top_k", 0), ("min_p", 0.0)) if getattr(self, name) != off and not (name == "temperature" and self.temperature == 0)]
+        return [f"{', '.join(unused)} with {key}.do_sample=false: greedy decoding ignores {'them' if len(unused) > 1 else 'it'}; "
+                f"add {key}.do_sample=true to sample (or choose generation=sampled)"] if unused else []
 
 
 @dataclass

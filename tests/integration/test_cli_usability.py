@@ -93,3 +93,11 @@ def test_a_refused_command_leaves_no_out_dir(tmp_path: Path) -> None:
     done = sft("eval", "generation.max_new_tokens=0", f"out_dir={tmp_path / 'eval'}", cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.startswith("error: invalid config:\n  generation.max_new_tokens=0")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temperature_without_sampling_is_one_error(tmp_path: Path) -> None:
+    done = sft("generate", "generation.temperature=0.9", f"out_dir={tmp_path / 'gen'}", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: invalid config:\n  generation.temperature=0.9 with generation.do_sample=false: "
+                                  "greedy decoding ignores it; add generation.do_sample=true")
+    assert list(tmp_path.iterdir()) == []
