@@ -3,6 +3,7 @@ directory outside the repo. Each case fails fast (before a model loads) or runs 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -101,3 +102,55 @@ def test_a_temperature_without_sampling_is_one_error(tmp_path: Path) -> None:
     assert done.stderr.startswith("error: invalid config:\n  generation.temperature=0.9 with generation.do_sample=false: "
                                   "greedy decoding ignores it; add generation.do_sample=true")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def shipped_tasks(tmp_path: Path) -> Path:
+    """The README's recipe: the Alpaca task sft ships, copied, with held-out records where it reads them."""
+    import shutil
+
+    from sft.config import resource_path
+
+    pytest.importorskip("lm_eval", reason="sft-bench needs lm-eval")
+    shutil.copytree(resource_path("lm_eval_tasks"), tmp_path / "my_tasks")
+    shutil.copy(resource_path("demo_eval.jsonl"), tmp_path / "heldout.jsonl")
+    return tmp_path / "my_tasks"
+
+
+@pytest.mark.slow  # lm-eval indexes its thousands of tasks at every start
+def test_bench_tasks_whose_data_cannot_be_read_fail_before_the_model_loads(tmp_path: Path, shipped_tasks: Path) -> None:
+    (tmp_path / "heldout.jsonl").unlink()
+    out = tmp_path / "bench"
+    missing = sft("bench", "model.path=/nonexistent/model", f"benchmark.include_path={shipped_tasks}",
+                  "benchmark.tasks=[sft_alpaca]", f"out_dir={out}", cwd=tmp_path)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
+    assert missing.stderr.startswith("error: benchmark.tasks: task sft_alpaca: its data could not be loaded: "
+                                     f"Unable to find '{tmp_path / 'heldout.jsonl'}'"), missing.stderr[-2000:]
+    offline = sft("bench", "model.path=/nonexistent/model", "benchmark.tasks=[arc_easy]", f"out_dir={out}", cwd=tmp_path)
+    assert offline.returncode == 1 and "Traceback" not in offline.stderr, offline.stderr[-2000:]
+    assert "task arc_easy: its data could not be loaded: Couldn't reach 'allenai/ai2_arc'" in offline.stderr
+    assert "use a local task" in offline.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_shipped_alpaca_task_prompts_as_training_does(tmp_path: Path, shipped_tasks: Path, tiny_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from lm_eval.tasks import TaskManager
+
+    from conftest import make_char_tokenizer
+    from sft.config import PromptConfig
+    from sft.data.prompts import render_prompt
+
+    monkeypatch.chdir(tmp_path)
+    task = TaskManager(include_path=str(shipped_tasks)).load(["sft_alpaca"])["tasks"]["sft_alpaca"]
+    tokenizer = make_char_tokenizer()
+    for doc in ({"instruction": "Add.", "input": "2 and 3", "output": "5"}, {"instruction": "Say hi.", "input": "", "output": "Hi"}):
+        record = {"id": 0, **doc}
+        assert task.doc_to_text(doc) == render_prompt(record, PromptConfig(), tokenizer)
+    assert task.doc_to_target({"instruction": "x", "output": "5"}) == "5"
+    out = tmp_path / "bench"
+    done = sft("bench", f"model.path={tiny_dir}", f"benchmark.include_path={shipped_tasks}", "benchmark.tasks=[sft_alpaca]",
+               "benchmark.limit=2", f"out_dir={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exact_match,strip" in json.loads((out / "benchmarks.json").read_text())["results"]["base"]["results"]["sft_alpaca"]
