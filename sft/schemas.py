@@ -241,6 +241,9 @@ class TrainConfig:
     # where metrics go: any of tensorboard (<out_dir>/tensorboard), wandb, mlflow, trackio; [none] for none. One tracker
     # run per run directory, continued across restarts (its id is in <out_dir>/trackers.json)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # start from this adapter instead of a fresh LoRA: an adapter directory or a training run directory (its adapter/).
+    # Its own LoRA shape (r, alpha, target modules) is trained on; the base must be the one it was trained on
+    init_adapter: str | None = None
     project: str = "sft"  # W&B / trackio project, MLflow experiment
     run_name: str | None = None  # the tracker run's name; null = the run directory's name
 

@@ -19,6 +19,7 @@ from sft.model.load import load_model, load_tokenizer
 from sft.model.lora import add_lora, trainable_summary
 from sft.model.fsdp import check_fsdp, shard_fsdp
 from sft.model.kernels import apply_kernels, check_kernels
+from sft.run.adapter import find_adapter
 from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
 from sft.run.rundir import RunDir, run_config
 from sft.run.trackers import KINDS, TRACKERS_FILE, attach, check_installed, chosen
@@ -29,7 +30,7 @@ from sft.train.trainer import SftTrainer, training_arguments
 
 
 def build_model(cfg: TrainRunConfig, device: str) -> Any:
-    """Quantized base + LoRA; the LoRA init is drawn from the seeded global RNG."""
+    """Quantized base + LoRA; the LoRA init is drawn from the seeded global RNG (or is train.init_adapter)."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
@@ -37,7 +38,21 @@ def build_model(cfg: TrainRunConfig, device: str) -> Any:
     applied = apply_kernels(base, cfg.train.kernels)  # before LoRA wraps the linear layers the fused MLP calls
     if applied:
         print(applied)
-    return add_lora(base, cfg.quant, cfg.lora, cfg.train.gradient_checkpointing)
+    init = initial_adapter(cfg)
+    if init is not None:
+        print(f"starting from the adapter in {init}")
+    return add_lora(base, cfg.quant, cfg.lora, cfg.train.gradient_checkpointing, init_adapter=init)
+
+
+def initial_adapter(cfg: TrainRunConfig) -> Path | None:
+    """train.init_adapter's adapter directory; refused when it comes from a run on another base."""
+    if cfg.train.init_adapter is None:
+        return None
+    source = find_adapter(cfg.train.init_adapter)
+    if source.run is not None and source.run.model().path != cfg.model.path:
+        raise ConfigError(f"train.init_adapter={cfg.train.init_adapter}: trained on model.path="
+                          f"{source.run.model().path}, not on this run's model.path={cfg.model.path}")
+    return source.path
 
 
 def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any, tokenizer: Any, run: RunDir,
@@ -218,6 +233,7 @@ def train(cfg: TrainRunConfig) -> int:
               f"settings ({', '.join(changed)})")
         (out / TRACKERS_FILE).unlink(missing_ok=True)  # other settings: new tracker runs, not the old ones continued
     check_installed(cfg.train.report_to)  # before any model loads
+    initial_adapter(cfg)  # so is a wrong train.init_adapter
     preemption = Preemption()
     preemption.install()  # until the step loop starts a signal ends the run at once, then at a step boundary
     try:

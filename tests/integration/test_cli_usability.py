@@ -154,3 +154,30 @@ def test_the_shipped_alpaca_task_prompts_as_training_does(tmp_path: Path, shippe
                "benchmark.limit=2", f"out_dir={out}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "exact_match,strip" in json.loads((out / "benchmarks.json").read_text())["results"]["base"]["results"]["sft_alpaca"]
+
+
+def test_a_new_run_starts_from_an_adapter(tmp_path: Path, tiny_dir: Path) -> None:
+    """train.init_adapter=RUN: the new run trains the old run's adapter (at a negligible lr its weights stay those
+    of the adapter it started from, where a fresh LoRA starts with B = 0)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"say {i}", "output": str(i % 3)} for i in range(16)])
+    common = [f"model.path={tiny_dir}", "quant=none", "prompt=custom", f"data.path={data}", "data.eval_path=null",
+              "data.max_seq_len=64", "train.micro_batch_size=4", "train.grad_accum=1", "train.save_steps=100",
+              "train.report_to=[none]", "lora.r=4", "lora.target_modules=[q_proj,v_proj]", "train.gradient_checkpointing=false"]
+    first = sft("train", *common, "train.max_steps=3", "train.lr=1e-2", f"out_dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = sft("train", *common, "train.max_steps=1", "train.lr=1e-12", "train.warmup_ratio=0",
+                 f"train.init_adapter={tmp_path / 'a'}", f"out_dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"starting from the adapter in {tmp_path / 'a' / 'adapter'}" in second.stdout
+    a, b = (load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("a", "b"))
+    assert sorted(a) == sorted(b) and any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+    wrong = sft("train", *common, "model.path=/elsewhere", f"train.init_adapter={tmp_path / 'a'}",
+                f"out_dir={tmp_path / 'c'}", cwd=tmp_path)
+    assert wrong.returncode == 1 and "train.init_adapter=" in wrong.stderr and "trained on model.path=" in wrong.stderr
