@@ -181,3 +181,26 @@ def test_a_new_run_starts_from_an_adapter(tmp_path: Path, tiny_dir: Path) -> Non
     wrong = sft("train", *common, "model.path=/elsewhere", f"train.init_adapter={tmp_path / 'a'}",
                 f"out_dir={tmp_path / 'c'}", cwd=tmp_path)
     assert wrong.returncode == 1 and "train.init_adapter=" in wrong.stderr and "trained on model.path=" in wrong.stderr
+
+
+def test_a_finished_run_goes_on_when_given_more_steps(tmp_path: Path, tiny_dir: Path) -> None:
+    import json as json_
+
+    from conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"say {i}", "output": str(i % 3)} for i in range(16)])
+    common = [f"model.path={tiny_dir}", "quant=none", "prompt=custom", f"data.path={data}", "data.eval_path=null",
+              "data.max_seq_len=64", "train.micro_batch_size=4", "train.grad_accum=1", "train.save_steps=2",
+              "train.report_to=[none]", "lora.r=4", "lora.target_modules=[q_proj,v_proj]",
+              "train.gradient_checkpointing=false", f"out_dir={tmp_path / 'run'}"]
+    first = sft("train", *common, "train.max_steps=2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    more = sft("train", *common, "train.max_steps=4", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "the finished run goes on (train.max_steps=4), from its last checkpoint" in more.stdout
+    assert f"resuming from {tmp_path / 'run' / 'checkpoints' / 'checkpoint-2'}" in more.stdout
+    assert json_.loads((tmp_path / "run" / "finished.json").read_text())["global_step"] == 4
+    steps = [json_.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    fewer = sft("train", *common, "train.max_steps=3", cwd=tmp_path)  # fewer steps than trained: refused as before
+    assert fewer.returncode == 1 and "train.max_steps: 4 in the run, 3 now" in fewer.stderr
