@@ -24,8 +24,8 @@ def test_the_nearest_real_key(typo: str, meant: str) -> None:
 def test_only_keys_the_schema_lacks_are_reported() -> None:
     overrides = ["train.lr=1", "+train.lerning_rate=1", "data=alpaca", "+experiment=cpu_demo", "hydra.run.dir=x",
                  "hydra/launcher=slurm", "prompt.template_kwargs.enable_thinking=false", "~data.eval_path",
-                 "model.path.sub=1", "foo=1", "-m"]
-    assert unknown_override_keys(TrainRunConfig, overrides[:-1], {"data", "experiment"}) == [
+                 "model.path.sub=1", "foo=1"]
+    assert unknown_override_keys(TrainRunConfig, overrides, {"data", "experiment"}) == [
         "train.lerning_rate", "model.path.sub", "foo"]
     assert unknown_override_keys(BenchRunConfig, ["benchmark.taks=[a]"], set()) == ["benchmark.taks"]
 
