@@ -16,12 +16,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sft.config import register_configs
+from sft.config import SCHEMAS, register_configs
 from sft.errors import ConfigError, SftError
+from sft.keys import extra_keys, unknown_keys_message, unknown_override_keys
 from sft.quiet import quiet_libraries
 
 CONFIG_PATH = "pkg://sft.conf"
 register_configs()
+COMMAND_OF = {schema: command for command, schema in SCHEMAS.items()}
 
 
 def collect_problems(node: Any, key: str = "") -> list[str]:
@@ -44,6 +46,10 @@ def validate(cfg: Any) -> None:
 
 def typed(cfg: DictConfig) -> Any:
     """DictConfig -> validated dataclass; every invalid value reported in one message."""
+    schema = OmegaConf.get_type(cfg)
+    extra = extra_keys(cfg, schema) if schema is not None and is_dataclass(schema) else []
+    if extra:  # appended with +key=value or by a config file: to_object would drop them without a word
+        raise ConfigError(unknown_keys_message(schema, extra, COMMAND_OF.get(schema, "<command>")))
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
@@ -60,8 +66,23 @@ def run_command(command: Callable[[Any], Any], cfg: DictConfig) -> Any:
     except SftError as e:
         if debug:
             raise
+        remove_hydra_leftovers()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def remove_hydra_leftovers() -> None:
+    """A command refused before it wrote anything leaves no directory: Hydra made its run directory (out_dir,
+    with .hydra/ and an empty log) before the command ran."""
+    import shutil
+
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    log = out / f"{hydra_cfg.job.name}.log"
+    if not out.is_dir() or {p.name for p in out.iterdir()} - {".hydra", log.name}:
+        return
+    if not log.exists() or log.stat().st_size == 0:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def data_keys_set_by_user() -> set[str]:
@@ -131,25 +152,71 @@ def bench_main(cfg: DictConfig) -> None:
     run_command(lambda typed_cfg: benchmarks.run(typed_cfg, sweep), cfg)
 
 
-def console(main: Callable[[], Any]) -> Callable[[], None]:
+def config_groups(config_dir: str | None) -> set[str]:
+    """The top-level config groups: conf/'s folders, and those of a --config-dir."""
+    from importlib.resources import files
+
+    roots = [files("sft.conf"), *([Path(config_dir)] if config_dir else [])]
+    return {p.name for root in roots if root.is_dir() for p in root.iterdir() if p.is_dir() and p.name != "__pycache__"}
+
+
+def check_override_keys(command: str, args: list[str]) -> None:
+    """Unknown keys on the command line, with or without `+`: one error naming the nearest real key, before Hydra
+    composes (Hydra would advise `+key=value`, which then trains on the defaults)."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        parsed = get_args_parser().parse_args(args)
+    except SystemExit:  # a malformed command line: Hydra says what is wrong
+        return
+    schema = SCHEMAS[command]
+    unknown = unknown_override_keys(schema, parsed.overrides, config_groups(parsed.config_dir))
+    if unknown:
+        raise ConfigError(unknown_keys_message(schema, unknown, command))
+
+
+PRINTING = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")
+
+
+def hydra_args(args: list[str]) -> list[str]:
+    """What Hydra is given. Commands that only print (--help, --cfg) end quietly when the reader stops reading
+    (`--help | head`), as other Unix tools do. `--cfg job --resolve` composes without running, so Hydra has set
+    no run directory for `out_dir: ${hydra:runtime.output_dir}`: it is given the one a run would use."""
+    import signal
+
+    if not any(a.split("=")[0] in PRINTING for a in args):
+        return args
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if "--resolve" in args and not any(a.startswith("hydra.runtime.output_dir=") for a in args):
+        # next to the other overrides: argparse takes them as one run of positional arguments
+        at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+        return [*args[:at], "hydra.runtime.output_dir=${..run.dir}", *args[at:]]
+    return args
+
+
+def console(command: str, main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point (`sft-<command>`, `python -m sft <command>`): choose the C allocator first
-    (sft.allocator: restarts the process once under jemalloc when the system has it), then run Hydra."""
+    (sft.allocator: restarts the process once under jemalloc when the system has it), check the keys of the
+    overrides, then run Hydra."""
 
     def entry() -> None:
         from sft.allocator import choose_allocator
 
         try:
             choose_allocator()
+            check_override_keys(command, sys.argv[1:])
         except SftError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
+        sys.argv[1:] = hydra_args(sys.argv[1:])
         main()
 
     entry.__doc__ = main.__doc__
     return entry
 
 
-COMMANDS = {"prepare": console(prepare_main), "train": console(train_main), "merge": console(merge_main),
-            "generate": console(generate_main), "eval": console(eval_main), "bench": console(bench_main)}
+COMMANDS = {name: console(name, main) for name, main in (
+    ("prepare", prepare_main), ("train", train_main), ("merge", merge_main), ("generate", generate_main),
+    ("eval", eval_main), ("bench", bench_main))}
 prepare, train, merge, generate, evaluate, bench = (
     COMMANDS[c] for c in ("prepare", "train", "merge", "generate", "eval", "bench"))

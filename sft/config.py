@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -129,11 +130,33 @@ def demo_eval_path(path: str | None) -> str | None:
     return resource_path("demo_eval.jsonl") if path == resource_path("demo_train.jsonl") else None
 
 
+SCHEMAS: dict[str, type] = {"prepare": PrepareRunConfig, "train": TrainRunConfig, "merge": MergeRunConfig,
+                             "generate": GenerateRunConfig, "eval": EvalRunConfig, "bench": BenchRunConfig}
+
+
+OUT_DIR_DEFAULT = "${hydra:runtime.output_dir}"  # conf/*.yaml: out_dir is Hydra's run directory unless given
+
+
+def hydra_run_dir(default: str, *, _root_: Any) -> str:
+    """`hydra.run.dir: ${sft_run_dir:outputs/...}`: Hydra's run directory (its .hydra/ and the command's log) is
+    out_dir when one is given (command line or config file), so nothing is left in the working directory; else
+    `default`, which out_dir then names."""
+    node = _root_._get_node("out_dir") if "out_dir" in _root_ else None
+    if node is None or node._is_missing() or node._value() == OUT_DIR_DEFAULT:
+        return default
+    return str(_root_.out_dir)
+
+
+def help_template(*, _root_: Any) -> str:
+    from sft.confhelp import help_template as template  # the schema comments are read only for --help
+
+    return template(_root_=_root_)
+
+
 def register_configs() -> None:
-    for name, resolver in (("sft_resource", resource_path), ("sft_demo_eval", demo_eval_path)):
+    for name, resolver in (("sft_resource", resource_path), ("sft_demo_eval", demo_eval_path),
+                           ("sft_run_dir", hydra_run_dir), ("sft_help", help_template)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
-    schemas = {"prepare": PrepareRunConfig, "train": TrainRunConfig, "merge": MergeRunConfig,
-               "generate": GenerateRunConfig, "eval": EvalRunConfig, "bench": BenchRunConfig}
-    for command, schema in schemas.items():
+    for command, schema in SCHEMAS.items():
         ConfigStore.instance().store(name=f"base_{command}", node=schema)

@@ -22,9 +22,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("SFT_CACHE_DIR") or Path.home() / ".cache" / "sft")
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600; colleagues read runs as open() would allow
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -51,6 +58,7 @@ def publish_dir(target: Path, write: Callable[[Path], None], marker: str) -> Non
         shutil.rmtree(target, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700: as mkdir would, once renamed
         write(tmp)
         os.replace(tmp, target)
     except OSError:

@@ -143,7 +143,9 @@ class PromptConfig:
     name: str = "alpaca"  # alpaca: the published Alpaca templates | chat: the tokenizer's chat template | custom
     template_input: str | None = None  # custom: format string with {instruction} and {input}
     template_no_input: str | None = None  # custom: format string with {instruction}, used when input is empty
-    system: str | None = None  # chat: system message; null keeps the template's own default
+    # chat: system message (null keeps the template's own default); custom: the text put in place of {system};
+    # alpaca: refused (the published templates have no place for one)
+    system: str | None = None
     # token that ends a trained turn; null = the one the chat template closes turns with (chat), else the EOS
     end_of_turn: str | None = None
     chat_template: str | None = None  # chat: a .jinja file or the template itself; null = the tokenizer's own
@@ -166,7 +168,19 @@ class PromptConfig:
                     out.append(f"{key}.{attr}: required when {key}.name=custom")
                 elif any(n not in text for n in needed):
                     out.append(f"{key}.{attr}: must contain {' and '.join(needed)}")
-        return out
+        return out + self.system_problems(key)
+
+    def system_problems(self, key: str) -> list[str]:
+        """prompt.system must land somewhere: chat's system turn, or a custom template's {system}."""
+        templates = [t for t in (self.template_input, self.template_no_input) if t]
+        if self.name == "alpaca" and self.system is not None:
+            return [f"{key}.system: prompt=alpaca has no place for a system message (the published Alpaca templates); "
+                    f"use prompt=chat, or prompt=custom with {{system}} in its templates"]
+        if self.name == "custom" and self.system is not None and not any("{system}" in t for t in templates):
+            return [f"{key}.system is set but neither {key}.template_input nor {key}.template_no_input contains {{system}}"]
+        if self.name == "custom" and self.system is None and any("{system}" in t for t in templates):
+            return [f"{key}.template_input/template_no_input contain {{system}}: set {key}.system"]
+        return []
 
 
 @dataclass
@@ -229,6 +243,9 @@ class TrainConfig:
     # where metrics go: any of tensorboard (<out_dir>/tensorboard), wandb, mlflow, trackio; [none] for none. One tracker
     # run per run directory, continued across restarts (its id is in <out_dir>/trackers.json)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # start from this adapter instead of a fresh LoRA: an adapter directory or a training run directory (its adapter/).
+    # Its own LoRA shape (r, alpha, target modules) is trained on; the base must be the one it was trained on
+    init_adapter: str | None = None
     project: str = "sft"  # W&B / trackio project, MLflow experiment
     run_name: str | None = None  # the tracker run's name; null = the run directory's name
 
@@ -256,7 +273,8 @@ class TrainConfig:
 @dataclass
 class GenerationConfig:
     seed: int = 0  # base seed; each (example, sample) draws from its own generator derived from it
-    do_sample: bool = False  # false = greedy (or beam search when num_beams > 1)
+    # false = greedy (or beam search when num_beams > 1); temperature, top_p, top_k or min_p set while false: an error
+    do_sample: bool = False
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p
     top_k: int = 0  # keep the k most likely tokens; 0 = off
@@ -295,7 +313,16 @@ class GenerationConfig:
                        f"{key}.temperature > 0 (greedy samples are all the same)")
         if any(not s for s in self.stop):
             out.append(f"{key}.stop: stop strings must not be empty")
-        return out
+        return out + self.unused_sampling(key)
+
+    def unused_sampling(self, key: str) -> list[str]:
+        """Sampling settings with sampling off would decode greedily without a word: refused, naming the fix."""
+        if self.do_sample:
+            return []
+        unused = [f"{key}.{name}={getattr(self, name)}" for name, off in (("temperature", 1.0), ("top_p", 1.0),
+                  ("top_k", 0), ("min_p", 0.0)) if getattr(self, name) != off and not (name == "temperature" and self.temperature == 0)]
+        return [f"{', '.join(unused)} with {key}.do_sample=false: greedy decoding ignores {'them' if len(unused) > 1 else 'it'}; "
+                f"add {key}.do_sample=true to sample (or choose generation=sampled)"] if unused else []
 
 
 @dataclass

@@ -30,13 +30,17 @@ ALPACA_PROMPT_NO_INPUT = (
 )
 
 
-_FIELD = re.compile(r"\{(instruction|input)\}")
+_FIELD = re.compile(r"\{(instruction|input|system)\}")  # {system}: prompt.system, in a custom template
 
 
-def _format(template: str, record: Record) -> str:
+def _format(template: str, values: dict[str, str]) -> str:
     # One pass over the template, as Alpaca's str.format_map: text put in is never searched again (an
     # instruction may itself contain "{input}", code or JSON), and other braces of the template stay as written.
-    return _FIELD.sub(lambda m: record[m.group(1)], template)
+    return _FIELD.sub(lambda m: values[m.group(1)], template)
+
+
+def _values(record: Record, cfg: PromptConfig) -> dict[str, str]:
+    return {"instruction": record["instruction"], "input": record["input"], "system": cfg.system or ""}
 
 
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
@@ -77,7 +81,7 @@ def build_segments(record: Record, cfg: PromptConfig, tokenizer: Any, eot: str |
         eot = eot or end_of_turn_token(cfg, tokenizer)
         return chat_segments(to_messages(record, cfg), record.get("tools"), cfg, tokenizer, eot)
     with_input, without_input = _templates(cfg)
-    return [*_fill(with_input if record["input"] else without_input, record, tokenizer),
+    return [*_fill(with_input if record["input"] else without_input, _values(record, cfg), tokenizer),
             Segment(record["output"], trained=True, part="answer", end_of_turn=True)]
 
 
@@ -91,7 +95,7 @@ def prompt_segments(record: Record, cfg: PromptConfig, tokenizer: Any) -> list[S
         text = render(msgs, cfg, tokenizer, generation_prompt=True, tools=record.get("tools"))
         return cut(text, record_text_spans(text, msgs), [])
     with_input, without_input = _templates(cfg)
-    return _fill(with_input if record["input"] else without_input, record, tokenizer)
+    return _fill(with_input if record["input"] else without_input, _values(record, cfg), tokenizer)
 
 
 def render_prompt(record: Record, cfg: PromptConfig, tokenizer: Any) -> str:
@@ -99,17 +103,17 @@ def render_prompt(record: Record, cfg: PromptConfig, tokenizer: Any) -> str:
     return "".join(s.text for s in prompt_segments(record, cfg, tokenizer))
 
 
-def _fill(template: str, record: Record, tokenizer: Any) -> list[Segment]:
+def _fill(template: str, values: dict[str, str], tokenizer: Any) -> list[Segment]:
     """A text template filled in one pass: one plain segment, unless the template itself writes special tokens,
     which then stay tokens while the record's text stays text."""
     if not any(t in template for t in special_strings(tokenizer)):
-        return [Segment(_format(template, record), trained=False)]
+        return [Segment(_format(template, values), trained=False)]
     out, at = [], 0
     for m in _FIELD.finditer(template):
         if m.start() > at:
             out.append(Segment(template[at : m.start()], trained=False, plain=False))
-        if record[m.group(1)]:
-            out.append(Segment(record[m.group(1)], trained=False))
+        if values[m.group(1)]:
+            out.append(Segment(values[m.group(1)], trained=False))
         at = m.end()
     if at < len(template):
         out.append(Segment(template[at:], trained=False, plain=False))

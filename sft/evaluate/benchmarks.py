@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sft.config import BenchmarkConfig, BenchRunConfig
+from sft.config import BenchmarkConfig, BenchRunConfig, resource_path
 from sft.errors import ConfigError
 from sft.evaluate.report import variants
 from sft.generate.setup import ModelSetup, load_for_inference, resolve_model
@@ -44,6 +44,28 @@ def task_manager(bench: BenchmarkConfig) -> Any:
         raise ConfigError(f"benchmark.tasks: no lm-eval task named {', '.join(unknown)}{where}; "
                           "`lm-eval ls tasks` lists them")
     return manager
+
+
+def check_task_data(bench: BenchmarkConfig, manager: Any) -> None:
+    """Load every task and its data set now, before the model: a Hub task offline or a task whose data file is
+    missing is one error naming the task, not a traceback after the model has loaded. The data stays in the
+    datasets cache, so lm-eval's own load later reads it from there."""
+    import logging
+    import os
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    for task in bench.tasks:
+        try:
+            manager.load([task])
+        except Exception as e:  # noqa: BLE001 -- datasets and lm-eval raise many kinds; each is one line here
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            hint = ""
+            if isinstance(e, FileNotFoundError):
+                hint = f" (a task's relative data_files are read from the working directory, {os.getcwd()})"
+            elif isinstance(e, ConnectionError):
+                hint = (" (offline: use a local task, e.g. the Alpaca one sft ships: "
+                        f"{resource_path('lm_eval_tasks')}, see the README's sft-bench section)")
+            raise ConfigError(f"benchmark.tasks: task {task}: its data could not be loaded: {reason}{hint}") from None
 
 
 def evaluate_tasks(model: Any, setup: ModelSetup, bench: BenchmarkConfig, manager: Any) -> dict[str, Any]:
@@ -122,6 +144,7 @@ def run(cfg: BenchRunConfig, sweep_dir: Path | None = None) -> dict[str, Any]:
     """sft-bench: the table, and what it is made of, in cfg.out_dir; in a sweep (sweep_dir, from `-m`) also
     <sweep_dir>/benchmarks.md with one row per adapter, rewritten as each job finishes."""
     manager = task_manager(cfg.benchmark)  # a wrong task name fails before the model loads
+    check_task_data(cfg.benchmark, manager)  # and so does a task whose data cannot be read
     setup = resolve_model(cfg.adapter, cfg.model)
     model = load_for_inference(setup, cfg.quant)
     out = Path(cfg.out_dir)

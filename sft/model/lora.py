@@ -7,6 +7,7 @@ checkpointing (and input embeddings that require grad, for models that force ree
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sft.config import LoraConfig, QuantConfig
@@ -93,13 +94,19 @@ def peft_config(lora: LoraConfig) -> Any:
     )
 
 
-def add_lora(model: Any, quant: QuantConfig, lora: LoraConfig, gradient_checkpointing: bool) -> Any:
-    """The trainable PeftModel. Seed the global RNG first: the LoRA A matrices are drawn from it."""
-    from peft import get_peft_model
+def add_lora(model: Any, quant: QuantConfig, lora: LoraConfig, gradient_checkpointing: bool,
+             init_adapter: Path | None = None) -> Any:
+    """The trainable PeftModel. Seed the global RNG first: the LoRA A matrices are drawn from it. With
+    init_adapter (a PEFT adapter directory), its weights and LoRA shape are the start instead."""
+    from peft import PeftModel, get_peft_model
 
     from peft.utils.error import NoMatchingPeftModuleError
 
     model = enable_checkpointing(model, quant, gradient_checkpointing)
+    if init_adapter is not None:
+        peft_model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        peft_model.config.use_cache = False
+        return peft_model
     try:
         peft_model = get_peft_model(model, peft_config(lora))
     except NoMatchingPeftModuleError:

@@ -6,6 +6,7 @@ directory to sft.run.RunDir, checkpoints and preemption to sft.train.checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ from sft.model.lora import add_lora, trainable_summary
 from sft.model.quant import pick_device
 from sft.model.fsdp import check_fsdp, shard_fsdp
 from sft.model.kernels import check_kernels, kernels_line
+from sft.run.adapter import find_adapter
 from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
-from sft.run.rundir import RunDir, run_config
+from sft.run.rundir import FINISHED, RunDir, run_config
 from sft.run.trackers import KINDS, TRACKERS_FILE, attach, check_installed, chosen
 from sft.train.callbacks import LogAtCheckpoints, MetricsFile, Progress, StopOnPreemption, TrackerLogs
 from sft.train.checkpoint import EXIT_PREEMPTED, Preemption, PreemptedBeforeTraining
@@ -31,7 +33,7 @@ from sft.train.trainer import SftTrainer, training_arguments
 
 
 def build_model(cfg: TrainRunConfig, device: str) -> Any:
-    """Quantized base + LoRA; the LoRA init is drawn from the seeded global RNG."""
+    """Quantized base + LoRA; the LoRA init is drawn from the seeded global RNG (or is train.init_adapter)."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
@@ -39,7 +41,21 @@ def build_model(cfg: TrainRunConfig, device: str) -> Any:
     applied = kernels_line(base, cfg.train.kernels)  # the Trainer applies them (training_arguments)
     if applied:
         print(applied)
-    return add_lora(base, cfg.quant, cfg.lora, cfg.train.gradient_checkpointing)
+    init = initial_adapter(cfg)
+    if init is not None:
+        print(f"starting from the adapter in {init}")
+    return add_lora(base, cfg.quant, cfg.lora, cfg.train.gradient_checkpointing, init_adapter=init)
+
+
+def initial_adapter(cfg: TrainRunConfig) -> Path | None:
+    """train.init_adapter's adapter directory; refused when it comes from a run on another base."""
+    if cfg.train.init_adapter is None:
+        return None
+    source = find_adapter(cfg.train.init_adapter)
+    if source.run is not None and source.run.model().path != cfg.model.path:
+        raise ConfigError(f"train.init_adapter={cfg.train.init_adapter}: trained on model.path="
+                          f"{source.run.model().path}, not on this run's model.path={cfg.model.path}")
+    return source.path
 
 
 def build_trainer(cfg: TrainRunConfig, model: Any, prepared: Prepared, args: Any, tokenizer: Any, run: RunDir,
@@ -202,6 +218,30 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def extend_finished_run(run: RunDir, cfg: TrainRunConfig) -> bool:
+    """A finished run asked for more (train.max_steps above the steps it trained, or more train.epochs), nothing
+    else changed: it is unfinished again, with the new config, and resumes from its last checkpoint."""
+    if not (run.has_config and run.is_finished and run.latest_checkpoint() is not None):
+        return False
+    wanted = run.as_written(cfg)
+    changed = run.changed_keys(wanted)
+    if not changed or set(changed) - {"train.max_steps", "train.epochs"}:
+        return False
+    old, new = run.config.get("train", {}), wanted["train"]
+    trained = json.loads((run.path / FINISHED).read_text()).get("global_step", 0)
+    if new["max_steps"] > 0:
+        more = new["max_steps"] > trained
+    else:
+        more = old.get("max_steps", -1) <= 0 and new["epochs"] > old.get("epochs", new["epochs"])
+    if not more:
+        return False  # fewer steps or epochs: the usual error names the keys
+    (run.path / FINISHED).unlink(missing_ok=True)  # every rank may get here: each step is safe to repeat
+    run.write_config(wanted)
+    settings = ", ".join(f"{key}={new[key.removeprefix('train.')]}" for key in changed)
+    print(f"{run.path}: the finished run goes on ({settings}), from its last checkpoint")
+    return True
+
+
 def train(cfg: TrainRunConfig) -> int:
     """Train (or resume, or recognise as finished) the run in cfg.out_dir. Returns the process exit status."""
     import datasets
@@ -211,6 +251,7 @@ def train(cfg: TrainRunConfig) -> int:
     run = RunDir(cfg.out_dir)
     out = run.path
     cfg = run.keep_split(cfg)
+    extended = extend_finished_run(run, cfg)
     status = run.status(run.as_written(cfg))
     if status == "finished":
         print(f"{out}: this run is already finished (finished.json); nothing to do")
@@ -226,10 +267,11 @@ def train(cfg: TrainRunConfig) -> int:
     if cfg.train.fsdp:  # before anything loads: the data, the tokenizer, the model
         check_fsdp(cfg.quant, pick_device(), int(os.environ.get("WORLD_SIZE", "1")), cfg.train.optim,
                    resuming=run.latest_checkpoint() is not None)
+    initial_adapter(cfg)  # so is a wrong train.init_adapter
     preemption = Preemption()
     preemption.install()  # until the step loop starts a signal ends the run at once, then at a step boundary
     try:
-        return train_run(cfg, run, preemption, started)
+        return train_run(cfg, run, preemption, started, extended)
     except PreemptedBeforeTraining as stop:
         print(f"{stop.signal_name} before the first training step: nothing trained to save; rerun the same command "
               f"to start (exit {EXIT_PREEMPTED})", flush=True)
@@ -238,7 +280,7 @@ def train(cfg: TrainRunConfig) -> int:
         preemption.uninstall()
 
 
-def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started: float) -> int:
+def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started: float, extended: bool = False) -> int:
     out = run.path
     tokenizer, prepared, args = prepare_run(cfg, run)
     check_kernels(cfg.train.kernels, args.device.type)
@@ -260,7 +302,7 @@ def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started:
     if checkpoint is None and trainer.eval_dataset is not None and cfg.train.eval_at_start:
         trainer.evaluate()  # step 0: the eval loss before any training
         trainer.model._is_accelerate_prepared = False  # evaluate() marked it prepared: train() would skip DDP
-    if checkpoint is not None and trained_to_the_end(trainer, checkpoint):
+    if checkpoint is not None and not extended and trained_to_the_end(trainer, checkpoint):
         print(f"{checkpoint} holds the last step: finishing the run")
         finish(trainer, run, started)
         return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,18 @@ def test_a_published_directory_is_whole_and_a_crashed_one_is_replaced(tmp_path: 
     with pytest.raises(OSError, match="disk full"):
         publish_dir(tmp_path / "other", fail, marker="done")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_and_directories_honour_the_umask(tmp_path: Path, umask: int) -> None:
+    """Colleagues on a shared cluster read a run as the umask allows (mkstemp alone makes every file 0600)."""
+    before = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "report.json", {"a": 1})
+        write_rows_atomic(tmp_path / "rows.jsonl", [{"a": 1}])
+        publish_dir(tmp_path / "entry", lambda d: (d / "done").write_text("1"), marker="done")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "rows.jsonl").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "entry").stat().st_mode) == 0o777 & ~umask

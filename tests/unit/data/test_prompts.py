@@ -128,3 +128,27 @@ def test_chat_template_from_a_file_and_a_missing_one(smollm2_tokenizer, tmp_path
     assert render_prompt(NO_INPUT, cfg, smollm2_tokenizer) == "[user] Say hi.<|im_end|>[assistant] "
     with pytest.raises(ConfigError, match="prompt.chat_template=.*missing.jinja: file not found"):
         render_prompt(NO_INPUT, PromptConfig(name="chat", chat_template=str(tmp_path / "missing.jinja")), smollm2_tokenizer)
+
+
+def test_a_custom_template_puts_the_system_message_in_its_place(char_tokenizer):
+    cfg = PromptConfig(name="custom", system="Answer in one word.", template_input="{system}\nQ: {instruction} ({input})\nA:",
+                       template_no_input="{system}\nQ: {instruction}\nA:")
+    assert cfg.problems("prompt") == []
+    assert render_prompt(NO_INPUT, cfg, char_tokenizer) == "Answer in one word.\nQ: Say hi.\nA:"
+    assert [(s.text, s.trained) for s in build_segments(WITH_INPUT, cfg, char_tokenizer)] == [
+        ("Answer in one word.\nQ: Add the numbers. (2 and 3)\nA:", False), ("5", True)]
+    # the system text is put in once, never searched again
+    braces = PromptConfig(name="custom", system="{instruction}", template_input="{system}|{input}",
+                          template_no_input="{system}|{instruction}")
+    assert render_prompt(NO_INPUT, braces, char_tokenizer) == "{instruction}|Say hi."
+
+
+@pytest.mark.parametrize(("cfg", "message"), [
+    (PromptConfig(system="Be brief."), "prompt.system: prompt=alpaca has no place for a system message"),
+    (PromptConfig(name="custom", system="Be brief.", template_input="{instruction} {input}", template_no_input="{instruction}"),
+     "prompt.system is set but neither prompt.template_input nor prompt.template_no_input contains {system}"),
+    (PromptConfig(name="custom", template_input="{system} {instruction} {input}", template_no_input="{instruction}"),
+     "contain {system}: set prompt.system"),
+])
+def test_a_system_message_with_no_place_is_refused(cfg, message):
+    assert any(message in p for p in cfg.problems("prompt")), cfg.problems("prompt")

@@ -128,3 +128,17 @@ def test_temperature_zero_is_greedy_whatever_the_seed() -> None:
     for seed in (0, 1, 99):
         assert torch.equal(next_tokens(logits.clone(), rows(5, seed), cfg, []), logits.argmax(-1))
     assert torch.equal(next_tokens(logits.clone(), rows(5), dataclasses.replace(cfg, do_sample=False, temperature=1.0), []), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("given", [{"temperature": 0.9}, {"top_p": 0.9}, {"top_k": 40}, {"min_p": 0.1},
+                                   {"temperature": 0.7, "top_p": 0.9}])
+def test_sampling_settings_with_sampling_off_are_refused(given) -> None:
+    problems = GenerationConfig(**given).problems("generation")
+    assert len(problems) == 1 and "with generation.do_sample=false: greedy decoding ignores" in problems[0]
+    assert all(f"generation.{k}={v}" in problems[0] for k, v in given.items())
+    assert GenerationConfig(do_sample=True, **given).problems("generation") == []
+
+
+def test_greedy_settings_are_not_refused() -> None:
+    assert GenerationConfig().problems("generation") == []
+    assert GenerationConfig(temperature=0.0).problems("generation") == []  # conf/generation/greedy.yaml
