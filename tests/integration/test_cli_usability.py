@@ -77,7 +77,7 @@ def test_help_gives_each_setting_its_schema_comment(tmp_path: Path) -> None:
     assert "\ntrain:\n  lr: 0.001  # peak learning rate\n" in done.stdout  # the value given, with its comment
     assert "  grad_accum: 4  # micro-batches per optimizer step\n" in done.stdout
     assert "  # Hub id, local directory, or a .gguf file" in done.stdout  # a comment block above its key
-    assert "\nseed: 0  # seeds the held-out split and the packed row order\n" in done.stdout
+    assert "\nseed: 0  # not the held-out split: data.split_seed does, so a seed sweep keeps one partition\n" in done.stdout
     bench = sft("bench", "--help", cwd=tmp_path)
     assert "  tasks: ???  # type: ignore[assignment]" not in bench.stdout
     assert "  include_path: null  # a directory of your own task YAML files" in bench.stdout
