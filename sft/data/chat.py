@@ -1,17 +1,20 @@
 """A conversation -> the chat template's one render, cut into segments whose trained spans are located in it.
 
     render = template(messages)            once, with prompt.template_kwargs and a fixed date
-    every message's content (and an assistant's reasoning_content) is found in the render, in order
-    a trained assistant turn runs from the end of its generation prompt (when the render begins with the
-    render of the conversation before it plus the generation prompt) or else from its located text, to the
+    every message's content (and an assistant's reasoning_content) is located by aligning the render to its
+    skeleton, the render with a placeholder for each text (sft.data.skeleton): in its own place, never in another
+    turn or inside a control token's string; skeletons are cached per shape of conversation
+    a trained assistant turn runs from the end of its generation prompt (when the skeleton begins with the
+    skeleton of the conversation before it plus the generation prompt) or else from its located text, to the
     template's end-of-turn token after its content, that token included
     segments: template text (its special tokens are tokens) | record text (never parsed as special tokens)
 
 A template that marks its assistant text with {% generation %} (what transformers' assistant mask reads) has its
-marks decide what is trained instead. Templates that edit the text are followed, not refused: an answer the template trims is located trimmed,
-Qwen3's empty think block before the last answer is part of what the template renders. A turn that cannot be
-located is a bad record (`ChatError`, naming the turn and why), which data.on_bad_record decides about.
-Whether the ids of the segments decode back to the render is checked in sft.data.tokenize.
+marks decide what is trained instead. Templates that edit the text are followed, not refused: an answer the template
+trims is located trimmed, Qwen3's empty think block before the last answer is part of what the template renders. A
+turn that cannot be located is a bad record (`ChatError`, naming the turn and why), which data.on_bad_record decides
+about. Whether the ids of the segments decode back to the render, and give the skeleton's control tokens, is
+checked in sft.data.tokenize.
 """
 
 from __future__ import annotations
