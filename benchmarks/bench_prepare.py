@@ -12,7 +12,8 @@ In-process mode: `python benchmarks/bench_prepare.py ../shared/data/alpaca_en_de
    from the lower bound ceil(tokens / max_seq_len).
 3. With --chat N: chat preparation (prompt=chat: segments from the template's render, tokens, masks, the row
    check) of N conversations of 2-3 exchanges made from the records, conversations/s on this one process (wall
-   and CPU), the tokenize-once floor (every segment encoded once: the bound on 1 worker), and a sha256 of the rows; with --old-repo DIR, the same in a subprocess importing that checkout's sft (same run:
+   and CPU), the tokenize-once floor (every segment encoded once: the bound on 1 worker), and a sha256 of the
+   rows; with --old-repo DIR, the same in a subprocess importing that checkout's sft (same run:
    the ratio holds under load), and whether both give the same rows.
 Runs on the embedded SmolLM2 tokenizer (CPU).
 

@@ -161,7 +161,10 @@ def conversation_layout(messages: list[dict[str, Any]], tools: list[dict[str, An
     return cache[key]
 
 
-def locate(text: str, layout: Layout, messages: list[dict[str, Any]]) -> tuple[dict[tuple[int, str], list[tuple[int, int]]], Alignment]:
+Spans = dict[tuple[int, str], list[tuple[int, int]]]  # (message, field) -> where its text stands, in order
+
+
+def locate(text: str, layout: Layout, messages: list[dict[str, Any]]) -> tuple[Spans, Alignment]:
     """Where each message's text stands in its render: (message, field) -> its (start, end) spans, in order."""
     values = [messages[i][name] for i, name in layout.owners]
     aligned = align(text, layout.skeleton, values)
@@ -170,7 +173,7 @@ def locate(text: str, layout: Layout, messages: list[dict[str, Any]]) -> tuple[d
         where = f"turn {turn} ({messages[turn]['role']}): " if turn is not None else ""
         raise ChatError(f"{where}cannot locate its text in the template's render: the template renders it otherwise "
                         "than it renders a placeholder (it reads the text, beyond trimming it)")
-    spans: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    spans: Spans = {}
     for k in range(1, len(layout.skeleton.pieces), 2):
         spans.setdefault(layout.owners[layout.skeleton.pieces[k]], []).append(aligned.span(k))  # type: ignore[index]
     return spans, aligned

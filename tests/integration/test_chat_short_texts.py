@@ -57,7 +57,8 @@ def test_short_texts_are_located_in_their_own_turn(family: str) -> None:
         assert plain == [m[f].strip() for m in record["messages"] for f in FIELDS if (m.get(f) or "").strip()]
         # each trained run ends with the end-of-turn id, and what is trained ends with the answer
         labels = ex["labels"]
-        ends = [i for i in range(len(labels)) if labels[i] != IGNORE_INDEX and (i + 1 == len(labels) or labels[i + 1] == IGNORE_INDEX)]
+        ends = [i for i in range(len(labels))
+                if labels[i] != IGNORE_INDEX and (i + 1 == len(labels) or labels[i + 1] == IGNORE_INDEX)]
         assert all(ex["input_ids"][i] == tok.convert_tokens_to_ids(eot) for i in ends)
         answer = record["messages"][-1]["content"]
         trained = "".join(s.text for s in segs if s.trained)
