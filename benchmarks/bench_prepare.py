@@ -10,6 +10,11 @@ In-process mode: `python benchmarks/bench_prepare.py ../shared/data/alpaca_en_de
 2. Packing efficiency (real tokens / row slots) of our best-fit-decreasing packing at 512/1024/2048/4096
    against padding to the longest example in batches of 8, on the same examples; and how far our row count is
    from the lower bound ceil(tokens / max_seq_len).
+3. With --chat N: chat preparation (prompt=chat: segments from the template's render, tokens, masks, the row
+   check) of N conversations of 2-3 exchanges made from the records, conversations/s on this one process (wall
+   and CPU), the tokenize-once floor (every segment encoded once: the bound on 1 worker), and a sha256 of the
+   rows; with --old-repo DIR, the same in a subprocess importing that checkout's sft (same run:
+   the ratio holds under load), and whether both give the same rows.
 Runs on the embedded SmolLM2 tokenizer (CPU).
 
 Scale mode: `python benchmarks/bench_prepare.py --records N [--chat-records M] [--old-repo DIR] [--num-proc 1,2]
@@ -40,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import psutil
@@ -92,6 +98,61 @@ def full_string_mismatches(records: list[dict], tokenizer) -> int:
     return count
 
 
+def chat_records(source: list[dict], n: int) -> Iterator[dict]:
+    """n conversations of 2 or 3 user/assistant exchanges, each made of consecutive records of `source`."""
+    records = itertools.cycle(source)
+    for i in range(n):
+        messages = []
+        for turn, r in enumerate(itertools.islice(records, 2 + i % 2)):
+            question = f"{r['instruction']}\n\n{r['input']}" if r["input"] else r["instruction"]
+            messages += [{"role": "user", "content": f"(chat {i}, turn {turn}) {question}"},
+                         {"role": "assistant", "content": r["output"]}]
+        yield {"id": i, "messages": messages}
+
+
+def chat_throughput(source: str, n: int, repeats: int) -> dict:
+    """Conversations/s of chat preparation in this process (best of `repeats`, each from a cold template-layout
+    cache when the code has one) and a sha256 of the rows."""
+    from sft.data import chat
+    from sft.data.prompts import end_of_turn_token
+
+    tokenizer, cfg = load_tokenizer(ModelConfig()), PromptConfig(name="chat")
+    eot = end_of_turn_token(cfg, tokenizer)
+    records = list(chat_records(json.loads(Path(source).read_text()), n))
+
+    def prepare() -> list[dict]:
+        getattr(chat, "_LAYOUTS", {}).clear()  # shapes rendered again in every repeat
+        return tokenize_examples([build_segments(r, cfg, tokenizer, eot) for r in records], tokenizer, eot, 2048)[0]
+
+    wall, cpu = timed(prepare, repeats)
+    h = hashlib.sha256()
+    for ex in prepare():
+        for key in ("input_ids", "labels"):
+            h.update(np.array([len(ex[key]), *ex[key]], dtype="<i8").tobytes())
+    texts = [s.text for r in records for s in build_segments(r, cfg, tokenizer, eot)]
+    floor_wall, floor_cpu = timed(lambda: encode(tokenizer, texts), repeats)  # every segment tokenized once, no more
+    return {"conversations": n, "conversations_per_s": round(n / wall, 1), "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3), "conversations_per_cpu_s": round(n / cpu, 1),
+            "tokenize_once_floor": {"conversations_per_s": round(n / floor_wall, 1),
+                                    "conversations_per_cpu_s": round(n / floor_cpu, 1)},
+            "rows_sha256": h.hexdigest()}
+
+
+def chat_benchmark(args: argparse.Namespace) -> dict:
+    """Ours, and with --old-repo that checkout's code in a subprocess, on the same conversations."""
+    out = {"ours": chat_throughput(args.data, args.chat, args.repeats)}
+    if args.old_repo:
+        old = Path(args.old_repo).resolve()
+        imported_from(old)
+        code = (f"import json, runpy; m = runpy.run_path({str(Path(__file__).resolve())!r}); "
+                f"print(json.dumps(m['chat_throughput']({str(Path(args.data).resolve())!r}, {args.chat}, {args.repeats})))")
+        out["old"] = json.loads(python_output(code, old, PYTHONPATH=str(old)))
+        out["speedup_wall"] = round(out["ours"]["conversations_per_s"] / out["old"]["conversations_per_s"], 3)
+        out["speedup_cpu"] = round(out["old"]["cpu_s"] / out["ours"]["cpu_s"], 3)
+        out["same_rows"] = out["ours"]["rows_sha256"] == out["old"]["rows_sha256"]
+    return out
+
+
 def timed(fn, repeats: int) -> tuple[float, float]:
     """Best wall-clock and CPU seconds (all threads) over `repeats` runs; CPU time is robust to other load."""
     best_wall = best_cpu = math.inf
@@ -134,6 +195,8 @@ def in_process_benchmark(args: argparse.Namespace) -> dict:
         },
         "packing": {},
     }
+    if args.chat:
+        result["chat"] = chat_benchmark(args)
     for max_len in (512, 1024, 2048, 4096):
         kept, _, s = ours(records, tokenizer, max_len)
         rows = pack_examples(kept, max_len, seed=0)
@@ -164,16 +227,10 @@ def write_alpaca(source: list[dict], n: int, path: Path) -> None:
 
 
 def write_chat(source: list[dict], n: int, path: Path) -> None:
-    """n conversations of 2 or 3 user/assistant exchanges, each made of consecutive records of `source`."""
-    records = itertools.cycle(source)
+    """chat_records, one JSON line at a time."""
     with path.open("w") as f:
-        for i in range(n):
-            messages = []
-            for turn, r in enumerate(itertools.islice(records, 2 + i % 2)):
-                question = f"{r['instruction']}\n\n{r['input']}" if r["input"] else r["instruction"]
-                messages += [{"role": "user", "content": f"(chat {i}, turn {turn}) {question}"},
-                             {"role": "assistant", "content": r["output"]}]
-            f.write(json.dumps({"messages": messages}) + "\n")
+        for record in chat_records(source, n):
+            f.write(json.dumps({"messages": record["messages"]}) + "\n")
 
 
 def tree_rss(root: psutil.Process) -> tuple[int, int]:
@@ -327,7 +384,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="in-process mode: timing repeats")
     parser.add_argument("--records", type=int, help="scale mode: alpaca records to generate and prepare")
     parser.add_argument("--chat-records", type=int, default=0, help="scale mode: chat records too")
-    parser.add_argument("--old-repo", help="scale mode: a checkout of older code (no data.num_proc) to compare")
+    parser.add_argument("--chat", type=int, default=0, help="in-process mode: chat conversations to prepare too")
+    parser.add_argument("--old-repo", help="a checkout of older code to compare (scale mode: its preparation of the "
+                        "alpaca file; in-process mode: its chat preparation, with --chat)")
     parser.add_argument("--num-proc", default="1,2", help="scale mode: data.num_proc values, comma-separated")
     parser.add_argument("--source", default=str(REPO.parent / "shared/data/alpaca_en_demo.json"),
                         help="scale mode: the records to cycle through")

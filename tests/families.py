@@ -3,7 +3,8 @@
 They come from llama.cpp's models/ folder inside the llama-cpp-python source archive on PyPI (vocab-only GGUF
 files and templates/*.jinja): fetched once with pip, converted once into transformers tokenizer directories
 under $SFT_CACHE_DIR/families/, and reused. Nothing of it is committed. Without the registry the tests that
-need them skip, saying why.
+need them skip, saying why; with SFT_REQUIRE_FAMILIES=1 (CI sets it, .ci/run) they fail instead, so a CI run that
+cannot fetch them never passes by skipping them.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def tokenizer(family: str) -> Any:
         if isinstance(found, str):
             import pytest
 
+            if os.environ.get("SFT_REQUIRE_FAMILIES") == "1":
+                pytest.fail(f"{found}; SFT_REQUIRE_FAMILIES=1: the family tests must run")
             pytest.skip(found)
         AutoTokenizer.from_pretrained(str(found), gguf_file=vocab).save_pretrained(str(saved))
     tok = AutoTokenizer.from_pretrained(str(saved))

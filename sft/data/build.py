@@ -124,8 +124,8 @@ def tokenize_chunk(where: str, records: list[Record], data: DataConfig, prompt: 
     examples, index, stats = tokenize_examples(segments, tokenizer, eot, data.max_seq_len, data.truncation,
                                                data.train_on_source)
     for k in stats.render_mismatched:
-        problems.append(f"{where}: record {kept[k]['id']}: its tokens do not decode to the template's text "
-                        "(the tokenizer changes the text it is given)")
+        problems.append(f"{where}: record {kept[k]['id']}: its tokens do not decode to the template's text, or do "
+                        "not hold the template's control tokens (the tokenizer changes the text it is given)")
     stats.render_mismatched = []
     lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int32, count=len(examples))
     total = int(lengths.sum())

@@ -1,17 +1,20 @@
 """A conversation -> the chat template's one render, cut into segments whose trained spans are located in it.
 
     render = template(messages)            once, with prompt.template_kwargs and a fixed date
-    every message's content (and an assistant's reasoning_content) is found in the render, in order
-    a trained assistant turn runs from the end of its generation prompt (when the render begins with the
-    render of the conversation before it plus the generation prompt) or else from its located text, to the
+    every message's content (and an assistant's reasoning_content) is located by aligning the render to its
+    skeleton, the render with a placeholder for each text (sft.data.skeleton): in its own place, never in another
+    turn or inside a control token's string; skeletons are cached per shape of conversation
+    a trained assistant turn runs from the end of its generation prompt (when the skeleton begins with the
+    skeleton of the conversation before it plus the generation prompt) or else from its located text, to the
     template's end-of-turn token after its content, that token included
     segments: template text (its special tokens are tokens) | record text (never parsed as special tokens)
 
 A template that marks its assistant text with {% generation %} (what transformers' assistant mask reads) has its
-marks decide what is trained instead. Templates that edit the text are followed, not refused: an answer the template trims is located trimmed,
-Qwen3's empty think block before the last answer is part of what the template renders. A turn that cannot be
-located is a bad record (`ChatError`, naming the turn and why), which data.on_bad_record decides about.
-Whether the ids of the segments decode back to the render is checked in sft.data.tokenize.
+marks decide what is trained instead. Templates that edit the text are followed, not refused: an answer the template
+trims is located trimmed, Qwen3's empty think block before the last answer is part of what the template renders. A
+turn that cannot be located is a bad record (`ChatError`, naming the turn and why), which data.on_bad_record decides
+about. Whether the ids of the segments decode back to the render, and give the skeleton's control tokens, is
+checked in sft.data.tokenize.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import datetime
 import functools
 import json
 import re
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sft.config import PromptConfig
-from sft.data.segments import Segment
+from sft.data.segments import Segment, Segments
+from sft.data.skeleton import OPEN, Alignment, Skeleton, align, placeholders
 from sft.data.tokenize import special_strings
 from sft.errors import ConfigError, DataError
 
@@ -113,27 +119,64 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _find(text: str, piece: str, start: int, trim: bool) -> tuple[int, int]:
-    """(start, end) of piece in text from `start`, or of piece stripped when the template trims; (-1, -1)."""
-    for candidate in (piece, piece.strip()) if trim else (piece,):
-        at = text.find(candidate, start) if candidate else -1
-        if at >= 0:
-            return at, at + len(candidate)
-    return -1, -1
+@dataclass(frozen=True)
+class Layout:
+    """What a conversation's shape gives, whatever its text: the skeleton (sft.data.skeleton), who owns each
+    placeholder, where the generation prompt of each assistant turn ends in it (when the render of the turns
+    before it plus the generation prompt begins the skeleton) and its {% generation %} spans (None: no marks)."""
+
+    skeleton: Skeleton
+    owners: list[tuple[int, str]]
+    heads: dict[int, int]
+    marked: list[tuple[int, int]] | None
 
 
-def record_text_spans(text: str, messages: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
-    """Where each message's text stands in a render (masked record text), in order; text not found is left to
-    the template's side (a generation prompt is not checked: training's rows are)."""
-    spans, cursor = [], 0
-    for m in messages:
-        for field in ("reasoning_content", "content"):
-            value = m.get(field)
-            start, end = _find(text, value, cursor, trim=m["role"] == "assistant") if isinstance(value, str) else (-1, -1)
-            if start >= 0:
-                spans.append((start, end, "prompt"))
-                cursor = end
-    return spans
+_LAYOUTS: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Layout]]" = weakref.WeakKeyDictionary()
+LAYOUT_CACHE = 4096  # shapes kept per tokenizer: conversations of one shape (roles, tools, names) share a layout
+
+
+def conversation_layout(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, cfg: PromptConfig,
+                        tokenizer: Any, generation_prompt: bool) -> Layout:
+    """The layout of this conversation's shape, rendered once per shape (the template sees placeholders only)."""
+    shaped, owners = placeholders(messages)
+    shape = json.dumps([shaped, tools], sort_keys=True, ensure_ascii=False, default=str)
+    if shape.count(OPEN) != len(owners):
+        raise ChatError(f"the conversation spells the private-use character {OPEN!r}, which marks text here")
+    key = (chat_template(cfg, tokenizer), json.dumps(dict(cfg.template_kwargs), sort_keys=True, default=str),
+           cfg.date, generation_prompt, shape)
+    cache = _LAYOUTS.setdefault(tokenizer, {})
+    if key not in cache:
+        if len(cache) >= LAYOUT_CACHE:
+            cache.clear()
+        skeleton = Skeleton.parse(render(shaped, cfg, tokenizer, generation_prompt, tools))
+        marked = None if generation_prompt else generation_spans(shaped, cfg, tokenizer, tools)
+        heads = {}
+        if marked is None and not generation_prompt:
+            for i in range(1, len(shaped)):
+                if shaped[i]["role"] == "assistant":
+                    before = render(shaped[:i], cfg, tokenizer, True, tools)
+                    if skeleton.text.startswith(before):
+                        heads[i] = len(before)
+        cache[key] = Layout(skeleton, owners, heads, marked)
+    return cache[key]
+
+
+Spans = dict[tuple[int, str], list[tuple[int, int]]]  # (message, field) -> where its text stands, in order
+
+
+def locate(text: str, layout: Layout, messages: list[dict[str, Any]]) -> tuple[Spans, Alignment]:
+    """Where each message's text stands in its render: (message, field) -> its (start, end) spans, in order."""
+    values = [messages[i][name] for i, name in layout.owners]
+    aligned = align(text, layout.skeleton, values)
+    if not isinstance(aligned, Alignment):
+        turn = layout.owners[aligned][0] if 0 <= aligned < len(layout.owners) else None
+        where = f"turn {turn} ({messages[turn]['role']}): " if turn is not None else ""
+        raise ChatError(f"{where}cannot locate its text in the template's render: the template renders it otherwise "
+                        "than it renders a placeholder (it reads the text, beyond trimming it)")
+    spans: Spans = {}
+    for k in range(1, len(layout.skeleton.pieces), 2):
+        spans.setdefault(layout.owners[layout.skeleton.pieces[k]], []).append(aligned.span(k))  # type: ignore[index]
+    return spans, aligned
 
 
 def trained_turns(messages: list[dict[str, Any]], train_on: str) -> set[int]:
@@ -142,40 +185,39 @@ def trained_turns(messages: list[dict[str, Any]], train_on: str) -> set[int]:
 
 
 def chat_segments(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, cfg: PromptConfig,
-                  tokenizer: Any, end_of_turn: str) -> list[Segment]:
+                  tokenizer: Any, end_of_turn: str) -> Segments:
     """Segments of the conversation's render up to the end of its last trained turn."""
     messages = template_messages(messages)
     text = render(messages, cfg, tokenizer, generation_prompt=False, tools=tools)
-    record_spans: list[tuple[int, int, str]] = []  # (start, end, part) of record text
-    marked = generation_spans(messages, cfg, tokenizer, tools)  # {% generation %} marks, when the template has them
+    layout = conversation_layout(messages, tools, cfg, tokenizer, generation_prompt=False)
+    spans, aligned = locate(text, layout, messages)
+    parts = {span: "prompt" for found in spans.values() for span in found}  # every record text span: plain
     trained: list[tuple[int, int]] = []
     to_train = trained_turns(messages, cfg.train_on)
     cursor = 0
     for i, msg in enumerate(messages):
         is_trained = i in to_train
-        head = -1
-        if is_trained and marked is None and i > 0:
-            before = render(messages[:i], cfg, tokenizer, generation_prompt=True, tools=tools)
-            head = len(before) if text.startswith(before) and len(before) >= cursor else -1
+        head = aligned.to_render(layout.heads[i]) if is_trained and i in layout.heads else -1
+        head = head if head >= cursor else -1
         first = None
         for field, part in (("reasoning_content", "reasoning"), ("content", "answer" if is_trained else "prompt")):
             value = msg.get(field)
             if not isinstance(value, str) or not value:
                 continue
-            start, end = _find(text, value, max(cursor, head), trim=msg["role"] == "assistant")
-            if start < 0:
+            found = [span for span in spans.get((i, field), []) if span[0] >= max(cursor, head)]
+            if not found:
                 what = "its reasoning_content (the template may not render reasoning)" if field == "reasoning_content" \
                     else "its content (the template changes it beyond trimming)"
                 raise ChatError(f"turn {i} ({msg['role']}): cannot find {what} in the template's render")
             if part == "reasoning" and not cfg.train_reasoning:
                 part = "prompt"
-            record_spans.append((start, end, part if is_trained else "prompt"))
+            parts[found[0]] = part if is_trained else "prompt"
             if first is None and part != "prompt":
-                first = start
-            cursor = end
-        if not is_trained or marked is not None:
+                first = found[0][0]
+            cursor = found[0][1]
+        if not is_trained or layout.marked is not None:
             continue
-        close = text.find(end_of_turn, cursor)
+        close = _template_find(text, end_of_turn, cursor, parts)
         if close < 0:
             raise ChatError(f"turn {i} (assistant): the template does not close it with {end_of_turn!r} "
                             "(prompt.end_of_turn names the token that ends a turn)")
@@ -185,11 +227,34 @@ def chat_segments(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
                             "turns and the turn has no text of its own)")
         cursor = close + len(end_of_turn)
         trained.append((begin, cursor))
-    if marked is not None:  # the template marks what is trained: its marks decide
+    if layout.marked is not None:  # the template marks what is trained: its marks decide
+        marked = [(aligned.to_render(a), aligned.to_render(b)) for a, b in layout.marked]
         trained = marked[-1:] if cfg.train_on == "last_assistant" else marked
+    record_spans = [(a, b, part) for (a, b), part in sorted(parts.items())]
     if not trained:
-        return [Segment(text, trained=False, plain=False)]
-    return cut(text[: trained[-1][1]], record_spans, trained)
+        return Segments([Segment(text, trained=False, plain=False)] if not record_spans else cut(text, record_spans, []),
+                        skeleton=layout.skeleton.text)
+    end = trained[-1][1]
+    at = aligned.to_skeleton(end)
+    return Segments(cut(text[:end], record_spans, trained), skeleton=layout.skeleton.text[:at] if at >= 0 else None)
+
+
+def _template_find(text: str, token: str, start: int, record: dict[tuple[int, int], str]) -> int:
+    """The first `token` from `start` that the template wrote (not record text spelling it); -1."""
+    at = text.find(token, start)
+    while at >= 0 and any(a <= at < b for a, b in record):
+        at = text.find(token, at + 1)
+    return at
+
+
+def chat_prompt_segments(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, cfg: PromptConfig,
+                         tokenizer: Any) -> Segments:
+    """A conversation's render with the generation prompt, as segments: its messages' text plain, all masked."""
+    text = render(messages, cfg, tokenizer, generation_prompt=True, tools=tools)
+    layout = conversation_layout(messages, tools, cfg, tokenizer, generation_prompt=True)
+    spans, _ = locate(text, layout, messages)
+    return Segments(cut(text, sorted((a, b, "prompt") for found in spans.values() for a, b in found), []),
+                    skeleton=layout.skeleton.text)
 
 
 def generation_spans(messages: list[dict[str, Any]], cfg: PromptConfig, tokenizer: Any,

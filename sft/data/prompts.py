@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from sft.config import PromptConfig
-from sft.data.chat import chat_segments, cut, detect_end_of_turn, record_text_spans, render, template_messages
+from sft.data.chat import chat_prompt_segments, chat_segments, detect_end_of_turn, template_messages
 from sft.data.load import Record
 from sft.data.segments import Segment
 from sft.data.tokenize import special_strings
@@ -92,8 +92,7 @@ def prompt_segments(record: Record, cfg: PromptConfig, tokenizer: Any) -> list[S
         msgs = template_messages(to_messages(record, cfg))
         while msgs and msgs[-1]["role"] == "assistant":
             msgs.pop()
-        text = render(msgs, cfg, tokenizer, generation_prompt=True, tools=record.get("tools"))
-        return cut(text, record_text_spans(text, msgs), [])
+        return chat_prompt_segments(msgs, record.get("tools"), cfg, tokenizer)
     with_input, without_input = _templates(cfg)
     return _fill(with_input if record["input"] else without_input, _values(record, cfg), tokenizer)
 

@@ -7,7 +7,8 @@ text keeps its special tokens. SentencePiece tokenizers that put a space mark in
 ("▁") get each later segment tokenized behind a newline that is then dropped, so a segment tokenizes as it
 would inside the whole text. A segment marked end_of_turn is followed by one end-of-turn id (the EOS for Alpaca),
 trained: the model learns to stop, also when pad == eos. Every example is checked: its ids decode to its text
-(or equal the whole text's tokenization); one that does not is dropped as render_mismatch. Labels are not
+(or equal the whole text's tokenization), and a chat row's control tokens are those of its skeleton (the render
+with placeholders for the messages' text) tokenized whole; one that fails is dropped as render_mismatch. Labels are not
 shifted here; Hugging Face causal LMs shift them in the loss.
 """
 
@@ -221,6 +222,29 @@ def render_mismatches(tokenizer: Any, ids_list: list[list[int]], texts: list[str
     return [k for k, w, a, b in zip(suspects, whole, ours, theirs) if w != ids_list[k] and a != b]
 
 
+_CONTROLS: "weakref.WeakKeyDictionary[Any, frozenset[int]]" = weakref.WeakKeyDictionary()
+
+
+def control_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids of the tokenizer's special tokens (what a template writes as control tokens; record text, tokenized
+    plain, never gives one)."""
+    if tokenizer not in _CONTROLS:
+        strings = traits(tokenizer)[2]
+        _CONTROLS[tokenizer] = frozenset(int(i) for i in tokenizer.convert_tokens_to_ids(strings) if i is not None)
+    return _CONTROLS[tokenizer]
+
+
+def control_mismatches(tokenizer: Any, ids_list: list[list[int]], skeletons: list[str | None]) -> list[int]:
+    """Indices of examples whose control tokens are not those of their skeleton (the template's render with every
+    message's text a placeholder) tokenized whole: a cut inside a control token's string ("<|im_st" + "a" +
+    "rt|>") decodes to the same text, but its ids are text. Examples without a skeleton are not compared here."""
+    controls = control_ids(tokenizer)
+    unique = sorted({s for s in skeletons if s is not None})
+    want = {s: [t for t in ids if t in controls] for s, ids in zip(unique, encode(tokenizer, unique))}
+    return [k for k, (ids, s) in enumerate(zip(ids_list, skeletons))
+            if s is not None and [t for t in ids if t in controls] != want[s]]
+
+
 def tokenize_examples(
     segment_lists: list[list[Segment]],
     tokenizer: Any,
@@ -242,8 +266,10 @@ def tokenize_examples(
     lossy = {i for i, segs in enumerate(segment_lists) if sentencepiece and any(
         s.plain and any(t in s.text for t in (*specials, "▁")) for s in segs)}
     stats.unverified = len(lossy)
-    stats.render_mismatched = [k for k in render_mismatches(  # the prefix put in front is not part of the text
-        tokenizer, [ids[added:] for ids, _, _, added in assembled], texts) if k not in lossy]
+    rows = [ids[added:] for ids, _, _, added in assembled]  # the prefix put in front is not part of the text
+    wrong = {k for k in render_mismatches(tokenizer, rows, texts) if k not in lossy}
+    wrong |= set(control_mismatches(tokenizer, rows, [getattr(segs, "skeleton", None) for segs in segment_lists]))
+    stats.render_mismatched = sorted(wrong)
     bad = set(stats.render_mismatched)
     examples: list[Example] = []
     kept: list[int] = []
