@@ -133,16 +133,19 @@ def bench_main(cfg: DictConfig) -> None:
 
 def console(main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point (`sft-<command>`, `python -m sft <command>`): choose the C allocator first
-    (sft.allocator: restarts the process once under jemalloc when the system has it), then run Hydra."""
+    (sft.allocator: restarts the process once under jemalloc when the system has it), register the Slurm
+    launcher (sft.slurm.register_launcher: an editable install hides it from Hydra's scan), then run Hydra."""
 
     def entry() -> None:
         from sft.allocator import choose_allocator
+        from sft.slurm import register_launcher
 
         try:
             choose_allocator()
         except SftError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
+        register_launcher()
         main()
 
     entry.__doc__ = main.__doc__

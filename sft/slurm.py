@@ -16,6 +16,20 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def register_launcher() -> None:
+    """Register hydra_plugins.sft_slurm's launcher with Hydra by name, before Hydra composes.
+
+    Hydra finds plugins by listing the directories of the hydra_plugins namespace (pkgutil.iter_modules). An
+    editable install (`pip install -e .`, scripts/setup.sh) maps our package through an import hook instead of a
+    directory, which that listing never sees: without this, `hydra/launcher=slurm` fails with "Unknown plugin
+    class" unless the repo root happens to be on sys.path. Registering works for every install (editable in any
+    mode, wheel, a checkout on PYTHONPATH); where the scan did find it, it is the same class again."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.sft_slurm import CheckedSlurmLauncher
+
+    Plugins.instance().register(CheckedSlurmLauncher)
+
 
 @dataclass
 class Node:
