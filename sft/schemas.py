@@ -227,7 +227,8 @@ class TrainConfig:
     # where metrics go: any of tensorboard (<out_dir>/tensorboard), wandb, mlflow, trackio; [none] for none. One tracker
     # run per run directory, continued across restarts (its id is in <out_dir>/trackers.json)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    project: str = "sft"  # W&B / trackio project, MLflow experiment
+    # W&B / trackio project, MLflow experiment; null = $WANDB_PROJECT / $MLFLOW_EXPERIMENT_NAME when set, else "sft"
+    project: str | None = None
     run_name: str | None = None  # the tracker run's name; null = the run directory's name
 
     def problems(self, key: str) -> list[str]:
