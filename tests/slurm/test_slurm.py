@@ -269,9 +269,10 @@ def free_port() -> int:
 def test_torchrun_scripts_train_ddp_and_resume_after_the_warning(
     cluster: list[str], tiny_dir: Path, data_file: Path, tmp_path: Path
 ) -> None:
-    """multi_gpu.sbatch (torchrun on one node) and multi_node.sbatch (srun + torchrun, c10d rendezvous), each
-    with 2 CPU processes; the multi-node job is warned mid-run: torchrun survives the signal, its workers
-    checkpoint, the job requeues and resumes to the adapter of the uninterrupted 2-process run."""
+    """multi_gpu.sbatch (torchrun on one node, 2 CPU processes) and multi_node.sbatch on the cluster's two nodes
+    (srun starts one torchrun per node, 1 process each, c10d rendezvous at the first node's NodeAddr); the
+    multi-node job is warned mid-run: torchrun survives the signal, its workers checkpoint, the job requeues and
+    resumes to the adapter of the uninterrupted 1-node x 2-process run."""
     steps = 40
     args = train_overrides(tiny_dir, data_file, f"train.max_steps={steps}", "train.save_steps=1000", "seed=2")
     nproc2 = {"SFT_NPROC": "2", "SFT_RDZV_PORT": str(free_port())}
@@ -287,16 +288,25 @@ def test_torchrun_scripts_train_ddp_and_resume_after_the_warning(
     assert "2 processes" in log and log.count(f"done: {steps} steps") == 1, log[-4000:]  # rank 0 prints it
     assert_complete_run(single_node, tiny_dir, steps=steps)
 
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
+    assert len(nodes) >= 2, f"local_cluster.sh starts two nodes, sinfo shows {nodes}"
+    port = free_port()
     run = tmp_path / "multi-node"
     job = sbatch("multi_node.sbatch", tmp_path, "train", *args, f"out_dir={run}",
-                 f"hydra.run.dir={tmp_path / 'hydra-b'}", options=("--nodes=1", *options))
+                 f"hydra.run.dir={tmp_path / 'hydra-b'}",
+                 options=("--nodes=2", "--cpus-per-task=1", f"--export=ALL,SFT_NPROC=1,SFT_RDZV_PORT={port}"))
     cluster.append(job)
     wait_for_steps(run, 2, lambda: job_info(job).get("JobState") in ("PENDING", "RUNNING"))
+    assert job_info(job)["NumNodes"] == "2"
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
     info = wait_job(job)
     log = (tmp_path / f"{job}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
-    assert int(info["Restarts"]) == 1 and "rendezvous" in log, log[-4000:]
+    assert int(info["Restarts"]) == 1, log[-4000:]
+    # the script's environment: the head node's NodeAddr (scontrol) and SFT_RDZV_PORT, one srun task per node
+    assert f"2 nodes x 1 processes, rendezvous 127.0.0.1:{port}" in log, log[-4000:]
+    for node_id, name in enumerate(sorted(nodes)[:2]):
+        assert log.count(f"sft: node {name} (node {node_id} of 2) starts torchrun") == 2, log[-4000:]  # run + rerun
     assert re.search(r"resuming from .*checkpoint-\d+", log), log[-4000:]
     assert_complete_run(run, tiny_dir, steps=steps)
     assert_same_adapter(run, single_node)
