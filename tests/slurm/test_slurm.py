@@ -402,3 +402,29 @@ def test_scancel_during_data_preparation_ends_the_job_within_seconds(
         time.sleep(0.2)  # the log is written by the node's slurmd: give it a moment
     assert "SIGTERM before the first training step" in out, out[-3000:]
     assert took < 25, f"{took:.0f} s from scancel to the job's end (Slurm's KillWait is 30 s)"
+
+
+def test_a_job_pending_for_a_reason_that_never_clears_is_cancelled_with_one_message(
+    cluster: list[str], tiny_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    """Asked for a drained node: sbatch accepts the job, which then sits pending (Reason=ReqNodeNotAvail) while
+    the submitter would wait forever; the launcher's squeue check after submitting cancels it and names the
+    setting. (What the launcher can see before submitting is checked then: the tests above.)"""
+    node = sorted(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split())[-1]
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=sft-test"], check=True)
+    sweep = tmp_path / "sweep"
+    try:
+        started = time.time()
+        done = sft("train", "-m", *LAUNCHER, f"+hydra.launcher.additional_parameters.nodelist={node}",
+                   *train_overrides(tiny_dir, data_file), f"hydra.sweep.dir={sweep}", timeout=300)
+        took = time.time() - started
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+    jobs = submitit_job_ids(sweep) if (sweep / ".submitit").is_dir() else []
+    cluster += [j.split("_")[0] for j in jobs]
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert "error: the Slurm job will never start:" in done.stderr and "Reason=ReqNodeNotAvail" in done.stderr
+    assert "set hydra.launcher.partition to another partition" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("error:") == 1 and took < 120, done.stderr[-3000:]
+    (job,) = {j.split("_")[0] for j in jobs}
+    assert job_info(job).get("JobState") == "CANCELLED"
