@@ -124,19 +124,22 @@ start_munge() {
   die "munged did not start (see /var/log/munge/munged.log)"
 }
 
-node_state() { sinfo -h -N -o %T 2>/dev/null | sort -u | paste -sd, -; }  # "idle" when every node is
+node_state() { sinfo -h -N -o %T 2>/dev/null | sort -u | paste -sd, -; }  # e.g. "allocated,idle"
+nodes_up() { [ -n "$1" ] && [ -z "$(echo "$1" | tr , '\n' | grep -vxE 'idle|mixed|allocated')" ]; }
+node_list() { sinfo -h -N -o %N 2>/dev/null | sort -u | paste -sd, -; }
 slurmd_pid() { echo "/run/slurmd-$1.pid"; }
 slurmds_running() {
   local n; for n in $NODE_NAMES; do running "$(slurmd_pid "$n")" || return 1; done
 }
 
 start() {
-  if command -v sinfo >/dev/null && running "$CTLD_PID" && slurmds_running && [ "$(node_state)" = idle ] &&
-     [ "$(sinfo -h -N -o %N | sort -u | paste -sd, -)" = "$(echo $NODE_NAMES | tr ' ' ,)" ]; then
+  local want; want="$(echo $NODE_NAMES | tr ' ' ,)"
+  if command -v sinfo >/dev/null && running "$CTLD_PID" && slurmds_running && nodes_up "$(node_state)" &&
+     [ "$(node_list)" = "$want" ]; then
     say "already running: $(sinfo -h -N -o '%N %T %c CPUs %m MB' | paste -sd, -)"; return 0
   fi
-  if running "$CTLD_PID" && grep -qF "$MARK" "$CONF" 2>/dev/null; then
-    say "restarting: the running cluster is not the one asked for ($NODES node(s), all idle)"; stop
+  if running "$CTLD_PID" && grep -qF "$MARK" "$CONF" 2>/dev/null && [ "$(node_list)" != "$want" ]; then
+    say "restarting: the running cluster has nodes '$(node_list)', not $want"; stop  # other nodes: cancels its jobs
   fi
   need_root
   install_packages
@@ -150,8 +153,8 @@ start() {
   local state="" t0=$SECONDS
   while [ $((SECONDS - t0)) -lt "$WAIT_S" ]; do
     state="$(node_state)"
+    if nodes_up "$state"; then say "up: $(sinfo -h -N -o '%N %T %c CPUs %m MB' | paste -sd, -)"; return 0; fi
     case "$state" in
-      idle) say "up: $(sinfo -h -N -o '%N %T %c CPUs %m MB' | paste -sd, -)"; return 0 ;;
       *down*|*drain*) scontrol update nodename="$(echo $NODE_NAMES | tr ' ' ,)" state=resume >/dev/null 2>&1 || true ;;
     esac
     sleep 1
