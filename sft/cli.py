@@ -197,10 +197,12 @@ def hydra_args(args: list[str]) -> list[str]:
 def console(command: str, main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point (`sft-<command>`, `python -m sft <command>`): choose the C allocator first
     (sft.allocator: restarts the process once under jemalloc when the system has it), check the keys of the
-    overrides, then run Hydra."""
+    overrides, register the Slurm launcher (sft.slurm.register_launcher: an editable install hides it from Hydra's
+    scan), then run Hydra."""
 
     def entry() -> None:
         from sft.allocator import choose_allocator
+        from sft.slurm import register_launcher
 
         try:
             choose_allocator()
@@ -209,6 +211,7 @@ def console(command: str, main: Callable[[], Any]) -> Callable[[], None]:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
         sys.argv[1:] = hydra_args(sys.argv[1:])
+        register_launcher()
         main()
 
     entry.__doc__ = main.__doc__

@@ -2,7 +2,8 @@
 
 - `write_text_atomic`, `write_json_atomic`, `write_rows_atomic`: a temporary sibling renamed over the target,
   so a reader (or a rerun after a kill) never sees half a file.
-- `publish_dir`: the same for a whole directory, also when several processes write the same one at once.
+- `publish_dir`: the same for a whole directory, also when several processes write the same one at once;
+  `build_once`: under a lock, so that of several processes (or nodes) only one builds it.
 - `differing_keys`: the dotted keys where two nested configs differ.
 - `cache_root`: where converted models and processed data are cached.
 """
@@ -66,6 +67,22 @@ def publish_dir(target: Path, write: Callable[[Path], None], marker: str) -> Non
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_once(target: Path, write: Callable[[Path], None], marker: str, announce: Callable[[], None]) -> bool:
+    """publish_dir under an exclusive lock on `<target>.lock`: the first process to take it builds the entry
+    (calling announce() first), the others wait and find it complete. True when this process built it. The lock
+    is an flock, which holds across the nodes of a shared file system (NFS, Lustre mounted with flock): two
+    nodes preparing the same data at once build it once, not twice."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if (target / marker).is_file():
+            return False
+        announce()
+        publish_dir(target, write, marker)
+        return True
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -246,7 +246,8 @@ class TrainConfig:
     # start from this adapter instead of a fresh LoRA: an adapter directory or a training run directory (its adapter/).
     # Its own LoRA shape (r, alpha, target modules) is trained on; the base must be the one it was trained on
     init_adapter: str | None = None
-    project: str = "sft"  # W&B / trackio project, MLflow experiment
+    # W&B / trackio project, MLflow experiment; null = $WANDB_PROJECT / $MLFLOW_EXPERIMENT_NAME when set, else "sft"
+    project: str | None = None
     run_name: str | None = None  # the tracker run's name; null = the run directory's name
 
     def problems(self, key: str) -> list[str]:

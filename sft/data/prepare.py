@@ -31,7 +31,7 @@ from sft.data.prompts import end_of_turn_token
 from sft.data.sources import Source, resolve_sources
 from sft.data.tokenize import TokenizeStats
 from sft.errors import DataError
-from sft.io import cache_root, publish_dir, write_json_atomic
+from sft.io import build_once, cache_root, publish_dir, write_json_atomic
 
 SPLITS = ("train", "eval")
 
@@ -122,10 +122,12 @@ def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: st
         write_held_out(tmp / HELD_OUT, found.pop("held_out"))
         write_json_atomic(tmp / "report.json", found)
 
-    if not hit:
+    def announce() -> None:
         workers = f"{num_proc} worker processes" if num_proc > 1 else "1 process"
         print(f"tokenizing data source {source.name!r} ({source.data.path}; up to {workers})", flush=True)
-        publish_dir(entry, write, marker="report.json")
+
+    if not hit:  # another node may be building it: build_once waits for it, then it is a hit
+        hit = not build_once(entry, write, "report.json", announce)
     report = json.loads((entry / "report.json").read_text())
     report["cache"] = {"key": key, "hit": hit}
     return entry, report
@@ -187,8 +189,8 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     entry = (cache_root() / "datasets" / key) if use_cache else _scratch() / key
     hit = use_cache and (entry / "report.json").is_file()
     if not hit:
-        publish_dir(entry, lambda tmp: write_json_atomic(tmp / "report.json", build_mixture(
-            data, sources, entries, reports, seed, tmp)), marker="report.json")
+        hit = not build_once(entry, lambda tmp: write_json_atomic(tmp / "report.json", build_mixture(
+            data, sources, entries, reports, seed, tmp)), "report.json", lambda: None)
     mix = json.loads((entry / "report.json").read_text())
     report = assemble_report(data, prompt, tokenizer, eot, sources, reports, mix)
     report["cache"] = {"key": key, "hit": hit}

@@ -9,6 +9,12 @@ Trainer's own callback (sft.train.job). Only rank 0 reports.
 
 The transformers integrations are not used for these three: they start a new tracker run per process start, and
 trackio's would publish a Space at the end of training, which a cluster node without network cannot.
+
+The user's environment wins over our defaults: WANDB_DIR (else the run directory), WANDB_PROJECT and
+MLFLOW_EXPERIMENT_NAME (when train.project is null; else "sft"), WANDB_ENTITY, MLFLOW_TRACKING_URI (else a file
+store ./mlruns in the working directory) and TRACKIO_DIR. Without a server, MLflow writes a file store: it needs no
+database package (mlflow-skinny, the [mlflow] extra, has none and refuses MLflow 3's sqlite: default), and jobs of
+a sweep on a shared file system each write their own run's files (SQLite locking on NFS is unreliable).
 """
 
 from __future__ import annotations
@@ -16,16 +22,37 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import secrets
-import struct
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
 from sft.errors import ConfigError
 from sft.io import flatten, write_json_atomic
+from sft.run.wandb_files import offline_last_step, wandb_history, wandb_records  # noqa: F401 -- read by the tests
 from sft.schemas import TRACKERS  # noqa: F401 -- the names report_to takes
 
 TRACKERS_FILE = "trackers.json"
+DEFAULT_PROJECT = "sft"
+
+
+def project_name(project: str | None, env_var: str) -> str:
+    """train.project when set, else the tracker's own variable (WANDB_PROJECT, MLFLOW_EXPERIMENT_NAME), else "sft"."""
+    return project or os.environ.get(env_var) or DEFAULT_PROJECT
+
+
+def mlflow_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else a file store `mlruns/` in the working directory (absolute, so a restart
+    or sft-eval from elsewhere attaches to the same store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (Path.cwd() / "mlruns").as_uri()
+
+
+def allow_file_store(uri: str) -> None:
+    """MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE=true; a file: URI (or a plain path) is the
+    store chosen here or by the user, so the switch is turned on unless the user set it themselves."""
+    if urlparse(uri).scheme in ("", "file"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 def chosen(report_to: list[str]) -> list[str]:
@@ -78,8 +105,11 @@ class Wandb(Tracker):
     name = "wandb"
 
     @staticmethod
-    def new_ids(run_dir: Path, project: str, run_name: str) -> dict[str, Any]:
-        return {"id": secrets.token_hex(4), "project": project, "name": run_name, "dir": str(run_dir.resolve())}
+    def new_ids(run_dir: Path, project: str | None, run_name: str) -> dict[str, Any]:
+        """W&B writes <dir>/wandb/: dir is WANDB_DIR when the user set it, else the run directory."""
+        run_dir = Path(os.environ.get("WANDB_DIR") or run_dir)
+        return {"id": secrets.token_hex(4), "project": project_name(project, "WANDB_PROJECT"), "name": run_name,
+                "dir": str(run_dir.resolve())}
 
     def __init__(self, ids: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         import wandb
@@ -111,21 +141,22 @@ class Mlflow(Tracker):
     name = "mlflow"
 
     @staticmethod
-    def new_ids(run_dir: Path, project: str, run_name: str) -> dict[str, Any]:
+    def new_ids(run_dir: Path, project: str | None, run_name: str) -> dict[str, Any]:
         """MLflow names its runs itself: the run is created now, in the experiment named `project`."""
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient()
-        experiment = client.get_experiment_by_name(project)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(project)
+        uri = mlflow_tracking_uri()
+        allow_file_store(uri)
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = experiment_id_for(client, project_name(project, "MLFLOW_EXPERIMENT_NAME"))
         run = client.create_run(experiment_id, run_name=run_name)
-        return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": mlflow.get_tracking_uri()}
+        return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
 
     def __init__(self, ids: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         super().__init__(ids)
+        allow_file_store(ids.get("tracking_uri") or "")
         self.client = MlflowClient(tracking_uri=ids.get("tracking_uri"))
         self.run_id = ids["run_id"]
         self.client.update_run(self.run_id, status="RUNNING")
@@ -165,12 +196,26 @@ class Mlflow(Tracker):
         self.client.set_terminated(self.run_id)
 
 
+def experiment_id_for(client: Any, name: str) -> str:
+    """The experiment's id, created when missing; two sweep jobs creating it at once both get the one that won."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # MlflowException(RESOURCE_ALREADY_EXISTS) when another job created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
 class Trackio(Tracker):
     name = "trackio"
 
     @staticmethod
-    def new_ids(run_dir: Path, project: str, run_name: str) -> dict[str, Any]:
-        return {"project": project, "name": f"{run_name}-{secrets.token_hex(3)}"}
+    def new_ids(run_dir: Path, project: str | None, run_name: str) -> dict[str, Any]:
+        return {"project": project or DEFAULT_PROJECT, "name": f"{run_name}-{secrets.token_hex(3)}"}
 
     def __init__(self, ids: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         import trackio
@@ -206,57 +251,10 @@ class Trackio(Tracker):
         self.trackio.finish()
 
 
-def wandb_records(path: Path) -> Iterator[bytes]:
-    """The records of a W&B run file (`run-<id>.wandb`): a LevelDB-style log after a 7-byte `:W&B` header, in
-    32 KiB blocks of (crc32, length, type) records, a record split over blocks as FIRST, MIDDLE..., LAST."""
-    data, pos, pending = path.read_bytes(), 7, b""
-    while pos + 7 <= len(data):
-        room = 32768 - pos % 32768
-        if room < 7:  # a block's tail too short for a header is padding
-            pos += room
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0 and length == 0:
-            pos += room
-            continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 1:
-            yield chunk
-        elif kind == 2:
-            pending = chunk
-        elif kind == 3:
-            pending += chunk
-        elif kind == 4:
-            yield pending + chunk
-
-
-def wandb_history(root: Path, run_id: str) -> list[dict[str, Any]]:
-    """Every history row (with its `_step`) of W&B's offline files of run `run_id` under root; [] when unreadable."""
-    try:
-        from wandb.proto import wandb_internal_pb2
-    except ImportError:
-        return []
-    rows = []
-    for path in sorted(root.glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")):
-        try:
-            for data in wandb_records(path):
-                record = wandb_internal_pb2.Record()
-                record.ParseFromString(data)
-                if record.WhichOneof("record_type") == "history":
-                    rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-        except Exception:  # a file cut short by a kill: what was read counts
-            continue
-    return rows
-
-
-def offline_last_step(root: Path, run_id: str) -> int:
-    return max((int(r["_step"]) for r in wandb_history(root, run_id) if "_step" in r), default=-1)
-
-
 KINDS: dict[str, type[Tracker]] = {"wandb": Wandb, "mlflow": Mlflow, "trackio": Trackio}
 
 
-def attach(run_dir: Path, report_to: list[str], project: str, run_name: str, config: dict[str, Any] | None = None,
+def attach(run_dir: Path, report_to: list[str], project: str | None, run_name: str, config: dict[str, Any] | None = None,
            create: bool = True) -> list[Tracker]:
     """The run's trackers, attached to the tracker runs named in trackers.json; a tracker the file does not name yet
     gets its run now (create=False, as sft-eval: only those the file names). Rank 0 only."""

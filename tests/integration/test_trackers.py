@@ -34,7 +34,7 @@ def overrides(tiny_dir: Path, data_file: Path, out: Path, tracker: str) -> list[
 
 def tracker_env(tracker: str, root: Path) -> dict[str, str]:
     return {"wandb": {"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
-            "mlflow": {"MLFLOW_TRACKING_URI": (root / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"},
+            "mlflow": {"MLFLOW_TRACKING_URI": (root / "mlruns").as_uri()},  # no MLFLOW_ALLOW_FILE_STORE needed
             "trackio": {"TRACKIO_DIR": str(root / "trackio")}}[tracker]
 
 
@@ -154,3 +154,85 @@ def test_sft_eval_report_to_needs_a_run_that_has_that_tracker(tiny_dir: Path, tm
     done = run_sft("eval", f"adapter={run}", "report_to=[mlflow]", f"out_dir={tmp_path / 'eval'}")
     assert done.returncode == 1 and "has no mlflow run in its trackers.json" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not (tmp_path / "eval" / "eval.json").exists()
+
+
+def sft_console(command: str, *args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The console script, from a working directory outside the repo, as a user runs it."""
+    return subprocess.run([str(Path(sys.executable).parent / f"sft-{command}"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any tracker setting of the caller, plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "TRACKIO_", "PYTHONPATH"))}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def short_run(tiny_dir: Path, data_file: Path, out: Path, trackers: str) -> list[str]:
+    args = [a for a in overrides(tiny_dir, data_file, out, trackers) if not a.startswith("train.project=")]
+    return [*args, "train.max_steps=2", "train.eval_steps=0"]
+
+
+def test_the_users_tracker_variables_win_over_our_defaults(tiny_dir: Path, data_file: Path, tmp_path: Path,
+                                                          monkeypatch: Any) -> None:
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    from wandb.proto import wandb_internal_pb2
+
+    from sft.run.trackers import wandb_records
+
+    work, out, wandb_dir = tmp_path / "work", tmp_path / "run", tmp_path / "wandb-files"
+    work.mkdir()
+    env = clean_env(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(wandb_dir), WANDB_PROJECT="w-proj",
+                    WANDB_ENTITY="w-team", MLFLOW_TRACKING_URI=(tmp_path / "store").as_uri(),
+                    MLFLOW_EXPERIMENT_NAME="m-exp")
+    done = sft_console("train", *short_run(tiny_dir, data_file, out, "wandb,mlflow"), cwd=work, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = json.loads((out / "trackers.json").read_text())
+    assert ids["wandb"]["project"] == "w-proj" and ids["wandb"]["dir"] == str(wandb_dir)
+    assert not (out / "wandb").exists()  # WANDB_DIR, not the run directory
+    (run_file,) = wandb_dir.glob(f"wandb/offline-run-*-{ids['wandb']['id']}/run-{ids['wandb']['id']}.wandb")
+    records = [wandb_internal_pb2.Record.FromString(r) for r in wandb_records(run_file)]
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.project, run.entity) == ("w-proj", "w-team")
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this reader
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(tmp_path / "store").as_uri())
+    assert client.get_run(ids["mlflow"]["run_id"]).info.experiment_id == client.get_experiment_by_name("m-exp").experiment_id
+    # train.project on the command line wins over the variables
+    again = sft_console("train", *short_run(tiny_dir, data_file, tmp_path / "run2", "wandb,mlflow"), "train.project=mine",
+                        cwd=work, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ids2 = json.loads((tmp_path / "run2" / "trackers.json").read_text())
+    assert ids2["wandb"]["project"] == "mine"
+    assert client.get_experiment_by_name("mine").experiment_id == ids2["mlflow"]["experiment_id"]
+
+
+def test_mlflow_with_nothing_set_writes_a_file_store_in_the_working_directory(
+        tiny_dir: Path, data_file: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """No server, no MLFLOW_* variable, the [mlflow] extra (mlflow-skinny): MLflow 3's default (sqlite:) would be
+    refused; the run goes to ./mlruns instead, and sft-eval from another directory finds it there."""
+    pytest.importorskip("mlflow")
+    work, out = tmp_path / "work", tmp_path / "run"
+    work.mkdir()
+    done = sft_console("train", *short_run(tiny_dir, data_file, out, "mlflow"), cwd=work, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = json.loads((out / "trackers.json").read_text())["mlflow"]
+    assert ids["tracking_uri"] == (work / "mlruns").as_uri()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ev = sft_console("eval", f"adapter={out}", "report_to=[mlflow]", "generation.max_new_tokens=2",
+                     f"out_dir={tmp_path / 'eval'}", cwd=elsewhere, env=clean_env())
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert not (elsewhere / "mlruns").exists()
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this reader
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(work / "mlruns").as_uri())
+    run = client.get_run(ids["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "sft"
+    assert [m.step for m in client.get_metric_history(ids["run_id"], "train/loss")] == [1, 2]
+    assert any(k.startswith("sft_eval/") for k in run.data.metrics)

@@ -57,3 +57,17 @@ def test_example_cluster_file_only_uses_launcher_fields(tmp_path: Path) -> None:
 def test_local_launcher_composes(tmp_path: Path) -> None:
     cfg = launcher(tmp_path, "train", "hydra/launcher=local")
     assert cfg["_target_"].endswith("submitit_launcher.LocalLauncher")
+
+
+def test_pending_reasons_that_never_clear_name_the_setting(monkeypatch: Any) -> None:
+    from sft import slurm
+
+    params = {"timeout_min": 240, "nodes": 1, "cpus_per_task": 8, "tasks_per_node": 1, "mem_gb": 4, "gpus_per_node": None}
+    assert "lower hydra.launcher.timeout_min" in slurm.pending_problem("7", "PartitionTimeLimit", "short", params)
+    assert "hydra.launcher.partition" in slurm.pending_problem("7", "ReqNodeNotAvail, UnavailableNodes:n1", "debug", params)
+    monkeypatch.setattr(slurm, "partition_nodes", lambda p: (p, [slurm.Node("n1", 4, 16000, "")]))
+    message = slurm.pending_problem("7", "Resources", "debug", params)
+    assert message.startswith("job 7 is pending with Reason=Resources: hydra.launcher.cpus_per_task=8: the largest")
+    # waiting helps: a request that fits a node, or a busy cluster
+    assert slurm.pending_problem("7", "Resources", "debug", {**params, "cpus_per_task": 2}) is None
+    assert slurm.pending_problem("7", "Priority", "debug", params) is None

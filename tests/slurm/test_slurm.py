@@ -269,9 +269,10 @@ def free_port() -> int:
 def test_torchrun_scripts_train_ddp_and_resume_after_the_warning(
     cluster: list[str], tiny_dir: Path, data_file: Path, tmp_path: Path
 ) -> None:
-    """multi_gpu.sbatch (torchrun on one node) and multi_node.sbatch (srun + torchrun, c10d rendezvous), each
-    with 2 CPU processes; the multi-node job is warned mid-run: torchrun survives the signal, its workers
-    checkpoint, the job requeues and resumes to the adapter of the uninterrupted 2-process run."""
+    """multi_gpu.sbatch (torchrun on one node, 2 CPU processes) and multi_node.sbatch on the cluster's two nodes
+    (srun starts one torchrun per node, 1 process each, c10d rendezvous at the first node's NodeAddr); the
+    multi-node job is warned mid-run: torchrun survives the signal, its workers checkpoint, the job requeues and
+    resumes to the adapter of the uninterrupted 1-node x 2-process run."""
     steps = 40
     args = train_overrides(tiny_dir, data_file, f"train.max_steps={steps}", "train.save_steps=1000", "seed=2")
     nproc2 = {"SFT_NPROC": "2", "SFT_RDZV_PORT": str(free_port())}
@@ -287,16 +288,25 @@ def test_torchrun_scripts_train_ddp_and_resume_after_the_warning(
     assert "2 processes" in log and log.count(f"done: {steps} steps") == 1, log[-4000:]  # rank 0 prints it
     assert_complete_run(single_node, tiny_dir, steps=steps)
 
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
+    assert len(nodes) >= 2, f"local_cluster.sh starts two nodes, sinfo shows {nodes}"
+    port = free_port()
     run = tmp_path / "multi-node"
     job = sbatch("multi_node.sbatch", tmp_path, "train", *args, f"out_dir={run}",
-                 f"hydra.run.dir={tmp_path / 'hydra-b'}", options=("--nodes=1", *options))
+                 f"hydra.run.dir={tmp_path / 'hydra-b'}",
+                 options=("--nodes=2", "--cpus-per-task=1", f"--export=ALL,SFT_NPROC=1,SFT_RDZV_PORT={port}"))
     cluster.append(job)
     wait_for_steps(run, 2, lambda: job_info(job).get("JobState") in ("PENDING", "RUNNING"))
+    assert job_info(job)["NumNodes"] == "2"
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
     info = wait_job(job)
     log = (tmp_path / f"{job}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
-    assert int(info["Restarts"]) == 1 and "rendezvous" in log, log[-4000:]
+    assert int(info["Restarts"]) == 1, log[-4000:]
+    # the script's environment: the head node's NodeAddr (scontrol) and SFT_RDZV_PORT, one srun task per node
+    assert f"2 nodes x 1 processes, rendezvous 127.0.0.1:{port}" in log, log[-4000:]
+    for node_id, name in enumerate(sorted(nodes)[:2]):
+        assert log.count(f"sft: node {name} (node {node_id} of 2) starts torchrun") == 2, log[-4000:]  # run + rerun
     assert re.search(r"resuming from .*checkpoint-\d+", log), log[-4000:]
     assert_complete_run(run, tiny_dir, steps=steps)
     assert_same_adapter(run, single_node)
@@ -392,3 +402,29 @@ def test_scancel_during_data_preparation_ends_the_job_within_seconds(
         time.sleep(0.2)  # the log is written by the node's slurmd: give it a moment
     assert "SIGTERM before the first training step" in out, out[-3000:]
     assert took < 25, f"{took:.0f} s from scancel to the job's end (Slurm's KillWait is 30 s)"
+
+
+def test_a_job_pending_for_a_reason_that_never_clears_is_cancelled_with_one_message(
+    cluster: list[str], tiny_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    """Asked for a drained node: sbatch accepts the job, which then sits pending (Reason=ReqNodeNotAvail) while
+    the submitter would wait forever; the launcher's squeue check after submitting cancels it and names the
+    setting. (What the launcher can see before submitting is checked then: the tests above.)"""
+    node = sorted(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split())[-1]
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=sft-test"], check=True)
+    sweep = tmp_path / "sweep"
+    try:
+        started = time.time()
+        done = sft("train", "-m", *LAUNCHER, f"+hydra.launcher.additional_parameters.nodelist={node}",
+                   *train_overrides(tiny_dir, data_file), f"hydra.sweep.dir={sweep}", timeout=300)
+        took = time.time() - started
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+    jobs = submitit_job_ids(sweep) if (sweep / ".submitit").is_dir() else []
+    cluster += [j.split("_")[0] for j in jobs]
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert "error: the Slurm job will never start:" in done.stderr and "Reason=ReqNodeNotAvail" in done.stderr
+    assert "set hydra.launcher.partition to another partition" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("error:") == 1 and took < 120, done.stderr[-3000:]
+    (job,) = {j.split("_")[0] for j in jobs}
+    assert job_info(job).get("JobState") == "CANCELLED"

@@ -24,7 +24,48 @@ def rows(prepared: Any) -> list[list[int]]:
     return [r["input_ids"] for r in prepared.datasets["train"]]
 
 
+def test_nodes_preparing_at_once_on_a_shared_cold_cache_build_each_entry_once(
+        char_tokenizer: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """Two nodes' first ranks (threads here; the lock is an flock, taken per open file) prepare the same data at
+    once: one builds, the other waits on the entry's lock and reads what was built."""
+    import time
+
+    from sft.data import prepare as prepare_module
+
+    monkeypatch.setenv("SFT_CACHE_DIR", str(tmp_path / "cache"))
+    data = data_config(tmp_path)
+    real_build, builds = prepare_module.build_source, []
+
+    def slow_build(*args: Any) -> Any:
+        builds.append(args[0].name)
+        time.sleep(1)  # long enough for the other node to arrive while this one builds
+        return real_build(*args)
+
+    monkeypatch.setattr(prepare_module, "build_source", slow_build)
+    start, results = threading.Barrier(2), []
+
+    def node() -> None:
+        start.wait(timeout=60)
+        results.append(prepare(data, PROMPT, char_tokenizer, seed=0))
+
+    threads = [threading.Thread(target=node) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert builds == ["train"] and len(results) == 2  # built once, not once per node
+    assert sorted(r.report["cache"]["hit"] for r in results) == [False, True]
+    assert rows(results[0]) == rows(results[1]) and rows(results[0])
+
+
 def test_ranks_preparing_at_once_on_a_cold_cache_all_succeed(char_tokenizer: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """Without the lock (a file system without flock), both build and race to rename: the loser keeps the
+    winner's entry."""
+    import contextlib
+
+    import filelock
+
+    monkeypatch.setattr(filelock, "FileLock", lambda path: contextlib.nullcontext())
     monkeypatch.setenv("SFT_CACHE_DIR", str(tmp_path / "cache"))
     data = data_config(tmp_path)
     cache_dir = tmp_path / "cache" / "datasets"
