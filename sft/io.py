@@ -69,16 +69,18 @@ def publish_dir(target: Path, write: Callable[[Path], None], marker: str) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_once(target: Path, write: Callable[[Path], None], marker: str, announce: Callable[[], None]) -> bool:
+def build_once(target: Path, write: Callable[[Path], None], marker: str, announce: Callable[[], None],
+               reuse: bool = True) -> bool:
     """publish_dir under an exclusive lock on `<target>.lock`: the first process to take it builds the entry
     (calling announce() first), the others wait and find it complete. True when this process built it. The lock
     is an flock, which holds across the nodes of a shared file system (NFS, Lustre mounted with flock): two
-    nodes preparing the same data at once build it once, not twice."""
+    nodes preparing the same data at once build it once, not twice. reuse=False (cache=false) builds it anew
+    whatever is there."""
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{target}.lock"):
-        if (target / marker).is_file():
+        if reuse and (target / marker).is_file():
             return False
         announce()
         publish_dir(target, write, marker)

@@ -127,7 +127,7 @@ def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: st
         print(f"tokenizing data source {source.name!r} ({source.data.path}; up to {workers})", flush=True)
 
     if not hit:  # another node may be building it: build_once waits for it, then it is a hit
-        hit = not build_once(entry, write, "report.json", announce)
+        hit = not build_once(entry, write, "report.json", announce, reuse=use_cache)
     report = json.loads((entry / "report.json").read_text())
     report["cache"] = {"key": key, "hit": hit}
     return entry, report
@@ -190,7 +190,7 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     hit = use_cache and (entry / "report.json").is_file()
     if not hit:
         hit = not build_once(entry, lambda tmp: write_json_atomic(tmp / "report.json", build_mixture(
-            data, sources, entries, reports, seed, tmp)), "report.json", lambda: None)
+            data, sources, entries, reports, seed, tmp)), "report.json", lambda: None, reuse=use_cache)
     mix = json.loads((entry / "report.json").read_text())
     report = assemble_report(data, prompt, tokenizer, eot, sources, reports, mix)
     report["cache"] = {"key": key, "hit": hit}
