@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypedDict
 
 from sft.config import DataConfig
+from sft.data.sharegpt import sharegpt_as_messages
 from sft.errors import DataError
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
@@ -137,8 +138,11 @@ def _record(index: int, row: Any, where: str, cfg: DataConfig, answers: bool = T
         raise DataError(f"{where}: {row.why}")
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
-    if cfg.format == "messages":
-        record: Record = {"id": index, "messages": _messages(row, where, cfg.messages_field, answers)}
+    if cfg.format in ("messages", "sharegpt"):
+        name = cfg.messages_field
+        if cfg.format == "sharegpt":  # read as the messages it holds, under the names the user knows
+            row, name = sharegpt_as_messages(row, where, cfg.sharegpt, cfg.tools_field), cfg.sharegpt.conversations_field
+        record: Record = {"id": index, "messages": _messages(row, where, name, answers)}
         tools = row.get(cfg.tools_field)
         if tools is not None:
             if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from sft.config import DataConfig, resource_path
 from sft.errors import ConfigError
-from sft.schemas import SourceConfig
+from sft.schemas import ShareGPTConfig, SourceConfig
 
 # the settings a source may set for itself (null: the data.* value)
-OWN = ("format", "instruction_field", "input_field", "output_field", "messages_field", "tools_field", "hub_config",
-       "split", "max_records", "eval_path", "eval_fraction")
+OWN = ("format", "instruction_field", "input_field", "output_field", "messages_field", "tools_field", "sharegpt",
+       "hub_config", "split", "max_records", "eval_path", "eval_fraction")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ def resolve_sources(data: DataConfig) -> list[Source]:
     for i, src in enumerate(data.sources):
         if isinstance(src, dict):  # built in plain Python from a dict
             src = SourceConfig(**src)
+        if isinstance(src.sharegpt, dict):
+            src = dataclasses.replace(src, sharegpt=ShareGPTConfig(**src.sharegpt))
         name = src.name or default_name(src.path)
         if name in seen:
             raise ConfigError(f"data.sources[{i}] and data.sources[{seen[name]}] are both named {name!r}: give one "
