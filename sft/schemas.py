@@ -93,10 +93,14 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    # .json (list) | .jsonl | .parquet | .csv file, or a Hub dataset name; or null with data.sources
+    # .json (list) | .jsonl | .parquet | .csv file, a directory written by save_to_disk (a DatasetDict's eval or
+    # validation split is held out) or of data files, or a Hub dataset name; or null with data.sources
     path: str | None = None
     hub_config: str | None = None  # Hub dataset subset (the `name` of datasets.load_dataset)
-    split: str = "train"  # split to read from a Hub dataset
+    split: str = "train"  # split to read from a Hub dataset (or a saved DatasetDict directory)
+    # Hub datasets are read as they stream in (true), or downloaded once into the datasets cache and read from
+    # there (false: what compute nodes without internet need, with the cache filled beforehand; split slices)
+    streaming: bool = True
     # alpaca: instruction/input/output columns; messages: a list of {role, content}; sharegpt: a list of
     # {from, value} turns (data.sharegpt)
     format: str = "alpaca"
