@@ -118,6 +118,16 @@ def test_a_malformed_json_list_is_named_by_line_after_the_good_records(tmp_path,
     assert got == ([] if text.startswith("{") else [{"a": 1}, {"a": 2}][: 1 + ("\n{\"a\": 2}" in text)])
 
 
+def test_a_json_list_hands_on_its_records_before_reading_the_rest(tmp_path, monkeypatch):
+    """Records come out one at a time: those before a fault at the end are read before the fault is met."""
+    monkeypatch.setattr(json_stream, "CHUNK", 64)
+    (tmp_path / "d.json").write_text(json.dumps(ROWS)[:-1] + ", {oops]")
+    got = []
+    with pytest.raises(DataError, match=r"d.json:1: malformed JSON \(Expecting property name enclosed in double"):
+        got.extend(iter_records(str(tmp_path / "d.json"), cfg(), LoadResult(records=[], source="d.json")))
+    assert got == EXPECTED
+
+
 def test_a_json_list_that_is_not_utf8_is_named_by_line_and_column(tmp_path, monkeypatch):
     monkeypatch.setattr(json_stream, "CHUNK", 4)
     (tmp_path / "l.json").write_bytes(b'[{"a": "b"},\n {"a": "caf\xc3\xa9"},\n {"a": "caf\xe9"}]')
