@@ -110,7 +110,7 @@ CALL = {"from": "function_call", "value": '{"name": "f", "arguments": {}}'}
 @pytest.mark.parametrize("turns, message", [
     ([H, {"from": "bot", "value": "a"}],
      "turn 1: from 'bot' is not a role name; known: system, human, user, gpt, assistant, tool, observation, "
-     "function_call (add one with data.sharegpt.roles.NAME=user|assistant|system|tool|tool_call)"),
+     "function_call (add one with +data.sharegpt.roles.NAME=user|assistant|system|tool|tool_call)"),
     ([H, {"value": "a"}], "turn 1: from None is not a role name"),
     ([H, {"from": "gpt", "value": "  \n"}], "turn 1 (from 'gpt'): empty 'value'"),
     ([H, {"from": "gpt", "value": None}], "turn 1 (from 'gpt'): 'value' must be a string, got NoneType"),
