@@ -59,7 +59,7 @@ class ShareGPTConfig:
     conversations_field: str = "conversations"  # the list of turns
     role_key: str = "from"  # the key of a turn naming who speaks
     content_key: str = "value"  # the key of a turn holding its text
-    # `from` name -> system | user | assistant | tool | tool_call; add names with data.sharegpt.roles.bot=assistant
+    # `from` name -> system | user | assistant | tool | tool_call; add names with +data.sharegpt.roles.bot=assistant
     roles: dict[str, str] = field(default_factory=lambda: dict(SHAREGPT_ROLES))
 
     def problems(self, key: str) -> list[str]:

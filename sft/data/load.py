@@ -57,8 +57,9 @@ def _record(index: int, row: Any, where: str, cfg: DataConfig, answers: bool = T
         raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
     if cfg.format in ("messages", "sharegpt"):
         name = cfg.messages_field
-        if cfg.format == "sharegpt":  # read as the messages it holds, under the names the user knows
-            row, name = sharegpt_as_messages(row, where, cfg.sharegpt, cfg.tools_field), cfg.sharegpt.conversations_field
+        if cfg.format == "sharegpt":  # read as the messages it holds
+            row = sharegpt_as_messages(row, where, cfg.sharegpt, cfg.tools_field)
+            name = cfg.sharegpt.conversations_field  # the errors below name the user's own field
         record: Record = {"id": index, "messages": _messages(row, where, name, answers)}
         tools = row.get(cfg.tools_field)
         if tools is not None:

@@ -62,7 +62,7 @@ def _turn(turn: Any, here: str, cfg: ShareGPTConfig) -> tuple[str, str]:
     name = turn.get(cfg.role_key)
     if not isinstance(name, str) or name not in cfg.roles:
         raise DataError(f"{here}: {cfg.role_key} {name!r} is not a role name; known: {', '.join(cfg.roles)} "
-                        f"(add one with data.sharegpt.roles.NAME=user|assistant|system|tool|tool_call)")
+                        f"(add one with +data.sharegpt.roles.NAME=user|assistant|system|tool|tool_call)")
     here = f"{here} ({cfg.role_key} {name!r})"
     value = turn.get(cfg.content_key)
     if not isinstance(value, str):
