@@ -139,7 +139,7 @@ def _disk_rows(directory: Path, path: str) -> Iterator[tuple[str, Any]]:
     """The rows of a saved Dataset: its Arrow stream files (state.json lists them) a batch at a time."""
     import pyarrow as pa
 
-    files = [directory / f["filename"] for f in json.loads((directory / "state.json").read_text())["_data_files"]]
+    files = [directory / f["filename"] for f in json.loads((directory / "state.json").read_text()).get("_data_files", [])]
     label = f"{path}: record" if directory == Path(path).expanduser() else f"{path}[{directory.name}]: record"
 
     def batches() -> Iterator[Any]:
