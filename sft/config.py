@@ -43,8 +43,8 @@ def messages_need_chat(data: DataConfig, prompt: PromptConfig) -> list[str]:
     formats = [("data.format", data.format)] if not data.sources else [
         (f"data.sources[{i}].format", s.format or data.format) for i, s in enumerate(data.sources)]
     for key, value in formats:
-        if value == "messages" and prompt.name != "chat":
-            return [f"{key}=messages needs prompt=chat (prompt.name={prompt.name!r} fills instruction/input "
+        if value in ("messages", "sharegpt") and prompt.name != "chat":
+            return [f"{key}={value} needs prompt=chat (prompt.name={prompt.name!r} fills instruction/input "
                     "templates; conversations are rendered by the model's chat template)"]
     return []
 

@@ -44,6 +44,29 @@ class ModelConfig:
         return one_of(f"{key}.dtype", self.dtype, DTYPES)
 
 
+FORMATS = ("alpaca", "messages", "sharegpt")  # data.format
+# sharegpt `from` names -> roles: those of the public dumps, axolotl's and LLaMA-Factory's (function_call: an
+# assistant turn whose value is a JSON tool call, or a list of them; observation: the tool's answer)
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "tool": "tool", "observation": "tool", "function_call": "tool_call"}
+
+
+@dataclass
+class ShareGPTConfig:
+    """data.format=sharegpt: `{conversations: [{from: human, value: ...}, {from: gpt, value: ...}]}` records, read
+    as the messages format (same masking, tools and reasoning)."""
+
+    conversations_field: str = "conversations"  # the list of turns
+    role_key: str = "from"  # the key of a turn naming who speaks
+    content_key: str = "value"  # the key of a turn holding its text
+    # `from` name -> system | user | assistant | tool | tool_call; add names with +data.sharegpt.roles.bot=assistant
+    roles: dict[str, str] = field(default_factory=lambda: dict(SHAREGPT_ROLES))
+
+    def problems(self, key: str) -> list[str]:
+        allowed = ("system", "user", "assistant", "tool", "tool_call")
+        return [p for name, role in self.roles.items() for p in one_of(f"{key}.roles.{name}", role, allowed)]
+
+
 @dataclass
 class SourceConfig:
     """One source of a mixture (data.sources). Settings left null take the data.* value of the same name."""
@@ -63,22 +86,30 @@ class SourceConfig:
     output_field: str | None = None
     messages_field: str | None = None
     tools_field: str | None = None
+    sharegpt: ShareGPTConfig | None = None
     hub_config: str | None = None
     split: str | None = None
 
 
 @dataclass
 class DataConfig:
-    # .json (list) | .jsonl | .parquet | .csv file, or a Hub dataset name; or null with data.sources
+    # .json (list) | .jsonl | .parquet | .csv file, a directory written by save_to_disk (a DatasetDict's eval or
+    # validation split is held out) or of data files, or a Hub dataset name; or null with data.sources
     path: str | None = None
     hub_config: str | None = None  # Hub dataset subset (the `name` of datasets.load_dataset)
-    split: str = "train"  # split to read from a Hub dataset
-    format: str = "alpaca"  # alpaca: instruction/input/output columns; messages: a list of {role, content}
+    split: str = "train"  # split to read from a Hub dataset (or a saved DatasetDict directory)
+    # Hub datasets are read as they stream in (true), or downloaded once into the datasets cache and read from
+    # there (false: what compute nodes without internet need, with the cache filled beforehand; split slices)
+    streaming: bool = True
+    # alpaca: instruction/input/output columns; messages: a list of {role, content}; sharegpt: a list of
+    # {from, value} turns (data.sharegpt)
+    format: str = "alpaca"
     instruction_field: str = "instruction"
     input_field: str = "input"  # optional column: a missing or null input means "no input"
     output_field: str = "output"
     messages_field: str = "messages"
     tools_field: str = "tools"  # messages format: an optional per-record list of tool schemas for the template
+    sharegpt: ShareGPTConfig = field(default_factory=ShareGPTConfig)  # format=sharegpt: field, keys, role names
     eval_path: str | None = None  # held-out file; takes precedence over eval_fraction
     eval_fraction: float = 0.0  # fraction of records held out (seeded by split_seed), 0 = none
     # seeds the held-out split alone (not `seed`): a seed sweep keeps one train/eval partition and one data cache
@@ -96,7 +127,7 @@ class DataConfig:
     num_proc: int | None = None  # worker processes that tokenize; null = the cores this process may use
 
     def problems(self, key: str) -> list[str]:
-        out = one_of(f"{key}.format", self.format, ("alpaca", "messages"))
+        out = one_of(f"{key}.format", self.format, FORMATS) + self.sharegpt.problems(f"{key}.sharegpt")
         out += one_of(f"{key}.mix_by", self.mix_by, ("examples", "tokens"))
         if self.num_proc is not None and self.num_proc < 1:
             out.append(f"{key}.num_proc={self.num_proc}: must be at least 1 or null")
@@ -121,7 +152,9 @@ def source_problems(sources: list[SourceConfig], key: str) -> list[str]:
     for i, src in enumerate(sources):
         here = f"{key}[{i}]"
         if src.format is not None:
-            out += one_of(f"{here}.format", src.format, ("alpaca", "messages"))
+            out += one_of(f"{here}.format", src.format, FORMATS)
+        if src.sharegpt is not None:
+            out += src.sharegpt.problems(f"{here}.sharegpt")
         if src.weight is not None and src.weight < 0:
             out.append(f"{here}.weight={src.weight}: must be >= 0")
         if src.weight is not None and src.epochs is not None:

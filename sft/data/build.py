@@ -29,7 +29,7 @@ import numpy as np
 import sft
 from sft.config import DataConfig, PromptConfig
 from sft.data.chat import ChatError
-from sft.data.load import Record, count_rows, is_local
+from sft.data.load import Record, count_rows, local_files
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.sources import Source
 from sft.data.splits import Records
@@ -71,8 +71,9 @@ def source_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int
     seed of the held-out split (data.split_seed) and the rows' format."""
     h = hashlib.sha256()
     for path in (data.path, data.eval_path):
-        if path and is_local(path) and Path(path).expanduser().is_file():
-            _file_digest(path, h)
+        for file in local_files(path) if path else []:  # a directory (save_to_disk, data files): all its files
+            h.update(f"|{file}|".encode())
+            _file_digest(str(file), h)
         h.update(f"|{path}|".encode())  # hub datasets: keyed by name, split and subset below
     settings = {k: v for k, v in dataclasses.asdict(data).items() if k not in NOT_IN_SOURCE_KEY}
     h.update(json.dumps(settings, sort_keys=True).encode())

@@ -1,24 +1,22 @@
-"""Files and Hub datasets -> validated records.
+"""Files, saved datasets and Hub datasets -> validated records.
 
-Every problem names the file, where in it (line for .jsonl, record index for .json/.parquet, row and line
-for .csv) and the field. With on_bad_record=skip the bad records are counted and the first few kept for the
+Every problem names the file, where in it (line for .jsonl, record index for .json/.parquet/saved datasets, row
+and line for .csv) and the field. With on_bad_record=skip the bad records are counted and the first few kept for the
 report; with error the first one stops the run.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, TypedDict
 
 from sft.config import DataConfig
+from sft.data.readers import LOCAL_SUFFIXES, Malformed, count_rows, is_local, local_files, raw_rows  # noqa: F401
+from sft.data.sharegpt import sharegpt_as_messages
 from sft.errors import DataError
 
-LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -40,86 +38,6 @@ class LoadResult:
     bad_examples: list[str] = field(default_factory=list)  # the first few problems, for the report
 
 
-def is_local(path: str) -> bool:
-    return Path(path).exists() or path.endswith(LOCAL_SUFFIXES) or path.startswith((".", "/", "~"))
-
-
-def _raw_rows(path: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
-    """(location, raw row) pairs; a malformed container is a DataError naming the spot."""
-    if not is_local(path):
-        yield from _hub_rows(path, cfg)
-        return
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"{path}: file not found")
-    suffix = p.suffix.lower()
-    if suffix == ".jsonl":
-        with p.open("rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    yield f"{path}:{lineno}", _Malformed(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield f"{path}:{lineno}", _Malformed(f"malformed JSON line ({e.msg} at column {e.colno})")
-    elif suffix == ".json":
-        try:
-            rows = json.loads(_utf8_text(p, path))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
-        for i, row in enumerate(rows):
-            yield f"{path}: record {i}", row
-    elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(_utf8_text(p, path), newline=""))
-        for i, row in enumerate(reader):
-            yield f"{path}:{reader.line_num}: row {i}", row
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(p)
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DataError(f"{path}: cannot read parquet ({e})") from None
-        for i, row in enumerate(table.to_pylist()):
-            yield f"{path}: record {i}", row
-    else:
-        raise DataError(f"{path}: unsupported file type {suffix!r} (use {', '.join(LOCAL_SUFFIXES)})")
-
-
-def _utf8_text(p: Path, path: str) -> str:
-    data = p.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
-                        "save the file as UTF-8") from None
-
-
-def _hub_rows(name: str, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.split)
-    except Exception as e:  # offline, unknown name, unknown split: all the user's to fix
-        raise DataError(f"hub dataset {name!r} (split {cfg.split!r}): cannot load ({type(e).__name__}: {e})") from None
-    for i, row in enumerate(ds):
-        yield f"hub:{name}[{cfg.split}]: record {i}", row
-
-
-class _Malformed:
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-
 def _text(row: dict, name: str, where: str, required: bool) -> str:
     value = row.get(name)
     if value is None and not required:
@@ -133,12 +51,16 @@ def _text(row: dict, name: str, where: str, required: bool) -> str:
 
 def _record(index: int, row: Any, where: str, cfg: DataConfig, answers: bool = True) -> Record:
     """answers=False (prompts to generate for): the output, or a chat's assistant turn, may be absent."""
-    if isinstance(row, _Malformed):
+    if isinstance(row, Malformed):
         raise DataError(f"{where}: {row.why}")
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
-    if cfg.format == "messages":
-        record: Record = {"id": index, "messages": _messages(row, where, cfg.messages_field, answers)}
+    if cfg.format in ("messages", "sharegpt"):
+        name = cfg.messages_field
+        if cfg.format == "sharegpt":  # read as the messages it holds
+            row = sharegpt_as_messages(row, where, cfg.sharegpt, cfg.tools_field)
+            name = cfg.sharegpt.conversations_field  # the errors below name the user's own field
+        record: Record = {"id": index, "messages": _messages(row, where, name, answers)}
         tools = row.get(cfg.tools_field)
         if tools is not None:
             if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
@@ -193,9 +115,9 @@ def _is_call(call: Any) -> bool:
 
 
 def iter_records(path: str, cfg: DataConfig, found: LoadResult, answers: bool = True) -> Iterator[Record]:
-    """Validated records one at a time (a file is read as it goes: .jsonl, .csv and Hub datasets never whole;
-    .json and .parquet are parsed whole); bad ones are counted in `found` (on_bad_record=skip) or stop the run."""
-    for index, (where, row) in enumerate(_raw_rows(path, cfg)):
+    """Validated records one at a time, read as they go (sft.data.readers); bad ones are counted in `found`
+    (on_bad_record=skip) or stop the run."""
+    for index, (where, row) in enumerate(raw_rows(path, cfg)):
         try:
             record = _record(index, row, where, cfg, answers)
         except DataError as e:
@@ -225,15 +147,6 @@ def load_records(path: str, cfg: DataConfig, answers: bool = True, limit: int | 
     if not result.records:
         raise no_usable_records(path, result)
     return result
-
-
-def count_rows(path: str) -> int | None:
-    """How many rows a local .jsonl file has (its lines, counted fast), for a progress bar; None otherwise."""
-    p = Path(path).expanduser()
-    if not (is_local(path) and p.suffix.lower() == ".jsonl" and p.is_file()):
-        return None
-    with p.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
 
 
 def held_out_draw(record: Record, seed: int) -> float:

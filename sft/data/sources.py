@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sft.config import DataConfig, resource_path
+from sft.data.readers import saved_eval_split
 from sft.errors import ConfigError
-from sft.schemas import SourceConfig
+from sft.schemas import ShareGPTConfig, SourceConfig
 
 # the settings a source may set for itself (null: the data.* value)
-OWN = ("format", "instruction_field", "input_field", "output_field", "messages_field", "tools_field", "hub_config",
-       "split", "max_records", "eval_path", "eval_fraction")
+OWN = ("format", "instruction_field", "input_field", "output_field", "messages_field", "tools_field", "sharegpt",
+       "hub_config", "split", "max_records", "eval_path", "eval_fraction")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Source:
 
 
 def default_name(path: str) -> str:
-    """The file stem, or the last part of a Hub name (`org/dataset` -> `dataset`)."""
+    """The file stem, or the last part of a Hub name or directory (`org/dataset` -> `dataset`)."""
     p = Path(path)
     return p.stem if p.suffix else path.rstrip("/").split("/")[-1]
 
@@ -44,7 +45,7 @@ def resolve_sources(data: DataConfig) -> list[Source]:
     if not data.sources:
         if not data.path:
             raise ConfigError("data.path: give a data file or Hub dataset (or a mixture in data.sources)")
-        return [Source(default_name(data.path), dataclasses.replace(data, sources=[]))]
+        return [Source(default_name(data.path), with_saved_eval(dataclasses.replace(data, sources=[])))]
     if data.path and not is_bundled_demo(data):
         raise ConfigError(f"data.path={data.path} and data.sources are both set: put the file in data.sources "
                           "(or drop data.sources)")
@@ -55,14 +56,27 @@ def resolve_sources(data: DataConfig) -> list[Source]:
     for i, src in enumerate(data.sources):
         if isinstance(src, dict):  # built in plain Python from a dict
             src = SourceConfig(**src)
+        if isinstance(src.sharegpt, dict):
+            src = dataclasses.replace(src, sharegpt=ShareGPTConfig(**src.sharegpt))
         name = src.name or default_name(src.path)
         if name in seen:
             raise ConfigError(f"data.sources[{i}] and data.sources[{seen[name]}] are both named {name!r}: give one "
                               f"of them another name (data.sources[{i}].name=...)")
         seen[name] = i
         own = {k: getattr(src, k) for k in OWN if getattr(src, k) is not None}
-        out.append(Source(name, dataclasses.replace(base, path=src.path, **own), src.weight, src.epochs))
+        data_of_source = with_saved_eval(dataclasses.replace(base, path=src.path, **own))
+        out.append(Source(name, data_of_source, src.weight, src.epochs))
     return out
+
+
+def with_saved_eval(data: DataConfig) -> DataConfig:
+    """A DatasetDict directory (save_to_disk) read for its train split holds out its eval or validation split,
+    unless the source holds out records its own way (eval_path, eval_fraction)."""
+    if data.path and not data.eval_path and not data.eval_fraction:
+        held_out = saved_eval_split(data.path, data.split)
+        if held_out:
+            return dataclasses.replace(data, eval_path=held_out)
+    return data
 
 
 def describe_data(data: DataConfig) -> str:

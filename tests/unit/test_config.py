@@ -55,7 +55,7 @@ def test_group_file_composes(path):
             continue  # experiments record training runs
         if group != "experiment" and group.split("/")[0] not in compose_with(primary, []):
             continue  # this primary has no such group
-        extra = ["prompt=chat"] if str(path) == "data/messages.yaml" else []  # conversations need a chat template
+        extra = ["prompt=chat"] if str(path) in ("data/messages.yaml", "data/sharegpt.yaml") else []  # chats need a template
         check_complete(compose_with(primary, [override, *extra]))
         composed += 1
     assert composed, f"no primary config uses {path}"

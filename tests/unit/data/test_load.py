@@ -49,14 +49,17 @@ def test_hub_dataset_goes_through_load_dataset(monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(name, config, split):  # a local stand-in for the Hub
-        calls.append((name, config, split))
+    def fake_load_dataset(name, config, split, streaming):  # a local stand-in for the Hub
+        calls.append((name, config, split, streaming))
         return datasets.Dataset.from_list([{"instruction": "a", "input": "b", "output": "c"}])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    result = load_records("tatsu-lab/alpaca", cfg(split="train[:10]", hub_config="default"))
-    assert calls == [("tatsu-lab/alpaca", "default", "train[:10]")]
+    result = load_records("tatsu-lab/alpaca", cfg(split="train[:10]", hub_config="default", streaming=False))
+    assert calls == [("tatsu-lab/alpaca", "default", "train[:10]", False)]
     assert result.records == [EXPECTED[0]]
+    with pytest.raises(DataError, match=r"hub:tatsu-lab/alpaca: data.split='train\[:10\]': a slice needs "
+                                        "data.streaming=false"):
+        load_records("tatsu-lab/alpaca", cfg(split="train[:10]"))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Peak memory and time of reading each input format: `python benchmarks/bench_formats.py --records N
+[--prepare-records M] [--formats jsonl,json,parquet,disk,sharegpt] [--work DIR]`; prints one JSON object.
+
+Writes N distinct Alpaca records made from --source (as bench_prepare.py does) in each format, a batch at a
+time: JSONL, a JSON list, Parquet (row groups of 10,000 records), a directory written by datasets' save_to_disk,
+and ShareGPT conversations (human/gpt, one exchange per record) as a JSON list, as the public ShareGPT dumps are.
+Then, per format, in a subprocess each:
+1. `read`: every record read and validated by sft.data.load.iter_records (what sft-prepare's main process does
+   before tokenizing), wall seconds and peak RSS (process tree, sampled every 0.1 s, bench_prepare.run_prepare).
+2. with --prepare-records M: `python -m sft prepare ... data.max_records=M data.packing=true
+   data.max_seq_len=2048 cache=false` on the same file (reading stops after M records), wall, peak RSS and a
+   sha256 of the rows; the four Alpaca containers must give the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prepare import REPO, converted_model, measured_run, run_prepare  # noqa: E402
+
+FORMATS = ("jsonl", "json", "parquet", "disk", "sharegpt")
+ROW_GROUP = 10_000
+READ = """
+import sys
+from sft.config import DataConfig
+from sft.data.load import LoadResult, iter_records
+path, fmt = sys.argv[1], sys.argv[2]
+found = LoadResult(records=[], source=path)
+n = sum(1 for _ in iter_records(path, DataConfig(path=path, format=fmt), found))
+print(n, found.bad)
+"""
+
+
+def alpaca(source: list[dict], n: int) -> Iterator[dict]:
+    for i, r in zip(range(n), itertools.cycle(source)):
+        yield {**r, "instruction": f"{r['instruction']} (variant {i})"}
+
+
+def sharegpt(source: list[dict], n: int) -> Iterator[dict]:
+    for r in alpaca(source, n):
+        question = f"{r['instruction']}\n\n{r['input']}" if r["input"] else r["instruction"]
+        yield {"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": r["output"]}]}
+
+
+def write_json_list(rows: Iterator[dict], path: Path) -> None:
+    with path.open("w") as f:
+        f.write("[\n")
+        for i, row in enumerate(rows):
+            f.write((",\n" if i else "") + json.dumps(row, ensure_ascii=False))
+        f.write("\n]\n")
+
+
+def write_parquet(rows: Iterator[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    while batch := list(itertools.islice(rows, ROW_GROUP)):
+        table = pa.Table.from_pylist(batch)
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=ROW_GROUP)
+    writer.close()
+
+
+def write_all(source: list[dict], n: int, work: Path, formats: list[str]) -> dict[str, tuple[Path, str]]:
+    """format -> (path, data.format)"""
+    out = {}
+    if "jsonl" in formats:
+        with (work / "alpaca.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in alpaca(source, n))
+        out["jsonl"] = (work / "alpaca.jsonl", "alpaca")
+    if "json" in formats:
+        write_json_list(alpaca(source, n), work / "alpaca.json")
+        out["json"] = (work / "alpaca.json", "alpaca")
+    if "parquet" in formats or "disk" in formats:
+        write_parquet(alpaca(source, n), work / "alpaca.parquet")
+        out["parquet"] = (work / "alpaca.parquet", "alpaca")
+    if "disk" in formats:
+        import datasets
+
+        ds = datasets.Dataset.from_parquet(str(work / "alpaca.parquet"), cache_dir=str(work / "hf-cache"))
+        ds.save_to_disk(str(work / "alpaca_disk"))
+        out["disk"] = (work / "alpaca_disk", "alpaca")
+    if "sharegpt" in formats:
+        write_json_list(sharegpt(source, n), work / "sharegpt.json")
+        out["sharegpt"] = (work / "sharegpt.json", "sharegpt")
+    return {k: v for k, v in out.items() if k in formats}
+
+
+def read_run(name: str, path: Path, fmt: str, work: Path) -> dict[str, Any]:
+    result = run_prepare([sys.executable, "-c", READ, str(path), fmt], REPO, dict(os.environ), work / f"read-{name}")
+    records, bad = (work / f"read-{name}" / "stdout").read_text().split()
+    return {**result, "records": int(records), "bad": int(bad), "records_per_s": round(int(records) / result["wall_s"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, required=True, help="records written per format")
+    parser.add_argument("--prepare-records", type=int, default=0, help="records sft-prepare takes from each file")
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--source", default=str(REPO.parent / "shared/data/alpaca_en_demo.json"))
+    parser.add_argument("--work", help="where data and outputs go and stay (default: a temp dir, removed)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
+        work = Path(args.work or tmp).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        files = write_all(json.loads(Path(args.source).read_text()), args.records, work, args.formats.split(","))
+        result: dict[str, Any] = {"records": args.records, "load_average_start": os.getloadavg(),
+                                  "file_mb": {k: round(sum(f.stat().st_size for f in ([p] if p.is_file() else
+                                              p.rglob("*"))) / 2**20, 1) for k, (p, _) in files.items()},
+                                  "read": {k: read_run(k, p, fmt, work) for k, (p, fmt) in files.items()}}
+        if args.prepare_records:
+            model, m = converted_model(work), args.prepare_records
+            prepare = {}
+            for k, (p, fmt) in files.items():
+                chat = ["prompt=chat"] if fmt == "sharegpt" else []
+                prepare[k] = measured_run(f"prepare-{k}", ["data=alpaca", f"data.path={p}", f"data.format={fmt}", *chat,
+                                                                        f"data.max_records={m}"], m, work, model)
+            alpaca_rows = {r["rows_sha256"] for k, r in prepare.items() if files[k][1] == "alpaca"}
+            result["prepare"] = {"records": m, "runs": prepare, "alpaca_same_rows": len(alpaca_rows) == 1}
+        result["load_average_end"] = os.getloadavg()
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
