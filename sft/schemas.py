@@ -92,10 +92,14 @@ class DataConfig:
     mix_by: str = "examples"  # what a weight shares out: examples | tokens (all tokens of the drawn examples)
     mix_size: int | None = None  # examples (or tokens) drawn by the weighted sources; null = as many as they hold
     num_proc: int | None = None  # worker processes that tokenize; null = the cores this process may use
+    # duplicates (always reported, sft/data/dedup.py): none = keep them | exact = remove records whose text, lower-cased
+    # with whitespace collapsed, an earlier record has (in any source) | near = also those a MinHash finds near one
+    dedup: str = "none"
 
     def problems(self, key: str) -> list[str]:
         out = one_of(f"{key}.format", self.format, ("alpaca", "messages"))
         out += one_of(f"{key}.mix_by", self.mix_by, ("examples", "tokens"))
+        out += one_of(f"{key}.dedup", self.dedup, ("none", "exact", "near"))
         if self.num_proc is not None and self.num_proc < 1:
             out.append(f"{key}.num_proc={self.num_proc}: must be at least 1 or null")
         if self.mix_size is not None and self.mix_size < 1:

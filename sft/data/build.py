@@ -29,6 +29,7 @@ import numpy as np
 import sft
 from sft.config import DataConfig, PromptConfig
 from sft.data.chat import ChatError
+from sft.data.dedup import exact_hash
 from sft.data.load import Record, count_rows, is_local
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.sources import Source
@@ -42,8 +43,9 @@ BAR_FROM = 20_000  # records: shorter preparations show no progress bar
 # contains "{input}" is kept as written; 3: \n, \t, \r, \\ in custom templates read as escapes; 4: the held-out
 # split decided per record from its content, max_records applied after it; 5: record text tokenized without
 # special-token parsing, chat turns located in one render, SentencePiece segments tokenized as in the whole text;
-# 6: each source prepared on its own, int32 token files, mixtures drawn from them).
-ROWS_FORMAT = 6
+# 6: each source prepared on its own, int32 token files, mixtures drawn from them; 7: each example's text hash
+# beside its tokens, for sft.data.dedup).
+ROWS_FORMAT = 7
 
 
 def _file_digest(path: str, h: Any) -> None:
@@ -62,7 +64,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 # the data settings the tokenized examples of a source do not depend on (they shape the mixture or the rows)
-NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing")
+NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing", "dedup")
 
 
 def source_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:
@@ -92,6 +94,7 @@ class Chunk:
     lengths: np.ndarray  # int32 per kept example
     trained: np.ndarray  # int32 per kept example: trained tokens
     records: np.ndarray  # int64 per kept example: the record id (position in its file)
+    hashes: np.ndarray  # int64 per kept example: its normalised text's hash (sft.data.dedup)
     stats: TokenizeStats
     problems: list[str] = field(default_factory=list)  # bad records, in record order
 
@@ -134,7 +137,8 @@ def tokenize_chunk(where: str, records: list[Record], data: DataConfig, prompt: 
     trained = (np.add.reduceat((flat["labels"] != IGNORE_INDEX).astype(np.int32), starts) if total
                else np.zeros(len(lengths), np.int32)).astype(np.int32)
     return Chunk(flat["input_ids"], flat["labels"], lengths, trained,
-                 np.array([kept[i]["id"] for i in index], dtype=np.int64), stats, problems)
+                 np.array([kept[i]["id"] for i in index], dtype=np.int64),
+                 np.array([exact_hash(kept[i]) for i in index], dtype=np.int64), stats, problems)
 
 
 def merge_stats(total: TokenizeStats, part: TokenizeStats) -> None:
@@ -153,7 +157,7 @@ class SplitWriter:
         self.directory, self.split = directory, split
         self.ids = open(directory / f"{split}.ids", "wb")
         self.labels = open(directory / f"{split}.labels", "wb")
-        self.meta: dict[str, list[np.ndarray]] = {"lengths": [], "trained": [], "records": []}
+        self.meta: dict[str, list[np.ndarray]] = {"lengths": [], "trained": [], "records": [], "hashes": []}
         self.stats = TokenizeStats()
 
     def add(self, chunk: Chunk) -> None:
@@ -166,7 +170,7 @@ class SplitWriter:
     def close(self) -> TokenizeStats:
         self.ids.close()
         self.labels.close()
-        dtypes = {"lengths": np.int32, "trained": np.int32, "records": np.int64}
+        dtypes = {"lengths": np.int32, "trained": np.int32, "records": np.int64, "hashes": np.int64}
         for key, parts in self.meta.items():
             np.save(self.directory / f"{self.split}.{key}.npy",
                     np.concatenate(parts) if parts else np.zeros(0, dtype=dtypes[key]))
@@ -179,8 +183,9 @@ class SourceSplit:
     the files, whatever order the examples are read in)."""
 
     def __init__(self, directory: Path, split: str) -> None:
-        meta = {k: np.load(directory / f"{split}.{k}.npy") for k in ("lengths", "trained", "records")}
+        meta = {k: np.load(directory / f"{split}.{k}.npy") for k in ("lengths", "trained", "records", "hashes")}
         self.lengths, self.trained, self.records = meta["lengths"], meta["trained"], meta["records"]
+        self.hashes = meta["hashes"]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         self._files = {kind: os.open(directory / f"{split}.{kind}", os.O_RDONLY) for kind in ("ids", "labels")}
 

@@ -20,6 +20,7 @@ import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
 from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key
 from sft.data.chat import chat_template
+from sft.data.dedup import KeptSplit, Member, exact_duplicates, order_of
 from sft.data.load import Record
 from sft.data.mix import draw, mixture_report, write_eval, write_train
 from sft.data.prompts import end_of_turn_token
@@ -126,7 +127,7 @@ def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: st
 def mixture_key(data: DataConfig, sources: list[Source], keys: list[str], seed: int) -> str:
     h = hashlib.sha256(json.dumps({
         "sources": [[s.name, k, s.weight, s.epochs] for s, k in zip(sources, keys)], "mix_by": data.mix_by,
-        "mix_size": data.mix_size, "packing": data.packing, "max_seq_len": data.max_seq_len, "seed": seed,
+        "mix_size": data.mix_size, "packing": data.packing, "dedup": data.dedup, "max_seq_len": data.max_seq_len, "seed": seed,
         "version": sft.__version__, "rows": ROWS_FORMAT}, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
@@ -151,17 +152,38 @@ def merged(reports: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
     return out
 
 
+def deduplicate(mode: str, sources: list[Source], trains: list[Any], evals: list[Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """The duplicates among every source's examples (sft.data.dedup), and the splits without them unless mode=none."""
+    members, slots = [], []
+    for i, (source, pair) in enumerate(zip(sources, zip(trains, evals))):
+        for split, part in zip(SPLITS, pair):
+            if part is not None and len(part.lengths):
+                held_file = split == "eval" and bool(source.data.eval_path)  # its own file: after the training file
+                members.append(Member(source.name, split, order_of(part.records, (i << 40) | (held_file << 39)),
+                                      part.records, part.hashes))
+                slots.append((i, split))
+    masks, report = exact_duplicates(members)
+    report = {"mode": mode, "exact": report}
+    if mode == "none":
+        return trains, evals, report
+    kept = {"train": list(trains), "eval": list(evals)}
+    for (i, split), mask in zip(slots, masks):
+        kept[split][i] = KeptSplit(kept[split][i], ~mask)
+    return kept["train"], kept["eval"], report
+
+
 def build_mixture(data: DataConfig, sources: list[Source], entries: list[Path], reports: list[dict[str, Any]],
                   seed: int, directory: Path) -> dict[str, Any]:
     trains = [open_split(e, "train") for e in entries]
     evals = [open_split(e, "eval") for e in entries]
+    trains, evals, duplicates = deduplicate(data.dedup, sources, trains, evals)
     picks, asked = draw(sources, trains, data.mix_by, data.mix_size, seed)
     if not sum(len(p) for p in picks):
         dropped = {k: v for r in reports for k, v in r["splits"].get("train", {}).get("dropped", {}).items()}
         raise DataError(f"{data.path or 'data.sources'}: no training example left after tokenization (dropped: {dropped})")
     mix = mixture_report(sources, trains, picks, asked, data.mix_by)
     packing = write_train(directory / "train.arrow", trains, picks, data.packing, data.max_seq_len, seed)
-    out: dict[str, Any] = {"mixture": mix, "packing": {"train": packing}}
+    out: dict[str, Any] = {"mixture": mix, "packing": {"train": packing}, "duplicates": duplicates}
     if any(e is not None and len(e.lengths) for e in evals):
         out["packing"]["eval"] = write_eval(directory / "eval.arrow", evals, data.packing, data.max_seq_len, seed)
     return out
@@ -208,6 +230,7 @@ def assemble_report(data: DataConfig, prompt: PromptConfig, tokenizer: Any, eot:
                 part["packing"] = mix["packing"][split]
     report["sources"] = {r["name"]: {**r, "mixture": mix["mixture"][r["name"]]} for r in reports}
     report["mix_by"] = data.mix_by
+    report["duplicates"] = mix["duplicates"]
     report["template_details"] = template_report(prompt, tokenizer, eot)
     return report
 
