@@ -95,6 +95,10 @@ class DataConfig:
     # duplicates (always reported, sft/data/dedup.py): none = keep them | exact = remove records whose text, lower-cased
     # with whitespace collapsed, an earlier record has (in any source) | near = also those a MinHash finds near one
     dedup: str = "none"
+    # contamination (always reported against the held-out records): also against these lm-eval tasks' documents,
+    # e.g. [arc_easy, gsm8k] (what sft-bench will run; needs sft[bench], loads them as lm-eval does: offline from its cache)
+    contamination_tasks: list[str] = field(default_factory=list)
+    contamination_include_path: str | None = None  # a directory of your own lm-eval task YAML files (their --include_path)
 
     def problems(self, key: str) -> list[str]:
         out = one_of(f"{key}.format", self.format, ("alpaca", "messages"))

@@ -29,7 +29,7 @@ import numpy as np
 import sft
 from sft.config import DataConfig, PromptConfig
 from sft.data.chat import ChatError
-from sft.data.dedup import exact_hash
+from sft.data.dedup import exact_hash, record_text
 from sft.data.load import Record, count_rows, is_local
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.sources import Source
@@ -37,6 +37,7 @@ from sft.data.splits import Records
 from sft.data.tokenize import IGNORE_INDEX, TokenizeStats, tokenize_examples
 from sft.errors import DataError
 
+HELD_OUT_TEXTS = "eval.texts.jsonl"  # in a source entry: its held-out records' texts
 BAR_FROM = 20_000  # records: shorter preparations show no progress bar
 
 # Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
@@ -64,7 +65,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 # the data settings the tokenized examples of a source do not depend on (they shape the mixture or the rows)
-NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing", "dedup")
+NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing", "dedup",
+                     "contamination_tasks", "contamination_include_path")
 
 
 def source_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int) -> str:
@@ -259,7 +261,7 @@ def _tokenize_all(records: Records, source: Source, prompt: PromptConfig, tokeni
             bar.update(n)
             bar.set_postfix_str(f"{done / (time.perf_counter() - started):,.0f} records/s", refresh=False)
 
-    tasks = records.chunks()
+    tasks = _held_out_texts(records.chunks(), directory / HELD_OUT_TEXTS)
     head = []  # a few chunks first: short sources are tokenized here, without starting workers
     for task in tasks:
         head.append(task)
@@ -276,6 +278,16 @@ def _tokenize_all(records: Records, source: Source, prompt: PromptConfig, tokeni
             bar.close()
         stats = {split: w.close() for split, w in writers.items()}
     return stats
+
+
+def _held_out_texts(chunks: Iterator[tuple[str, str, list[Record]]], path: Path) -> Iterator[tuple[str, str, list[Record]]]:
+    """The chunks, passed on, with the held-out records' texts written to `path` on the way (one JSON string a
+    line): what sft.data.contamination checks the training records against, without reading the files again."""
+    with open(path, "w", encoding="utf-8") as f:
+        for split, where, chunk in chunks:
+            if split == "eval":
+                f.writelines(json.dumps(record_text(r), ensure_ascii=False) + "\n" for r in chunk)
+            yield split, where, chunk
 
 
 def _chain(head: list, rest: Iterator) -> Iterator:

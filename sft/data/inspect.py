@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any
 
+from sft.data.contamination import contamination_lines
 from sft.data.tokenize import IGNORE_INDEX
 
 DIM, GREEN, RESET = "\033[2m", "\033[32m", "\033[0m"
@@ -54,6 +55,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                 f"efficiency {p['efficiency']:.2%}"
             )
     lines += duplicate_lines(report.get("duplicates"))
+    lines += contamination_lines(report.get("contamination"))
     sources = report.get("sources", {})
     if len(sources) > 1:
         lines += source_lines(sources, report.get("mix_by", "examples"))

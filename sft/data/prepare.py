@@ -18,7 +18,7 @@ from typing import Any
 
 import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
-from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key
+from sft.data.build import HELD_OUT_TEXTS, ROWS_FORMAT, build_source, cores, open_split, source_key
 from sft.data.chat import chat_template
 from sft.data.dedup import KeptSplit, Member, exact_duplicates, order_of
 from sft.data.load import Record
@@ -206,9 +206,35 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     mix = json.loads((entry / "report.json").read_text())
     report = assemble_report(data, prompt, tokenizer, eot, sources, reports, mix)
     report["cache"] = {"key": key, "hit": hit}
+    report["contamination"] = contamination(data, sources, entries, seed, key, use_cache)
     splits = {name: datasets.Dataset.from_file(str(entry / f"{name}.arrow"))
               for name in SPLITS if (entry / f"{name}.arrow").is_file()}
     return Prepared(datasets.DatasetDict(splits), report)
+
+
+def contamination(data: DataConfig, sources: list[Source], entries: list[Path], seed: int, key: str,
+                  use_cache: bool) -> dict[str, Any] | None:
+    """sft.data.contamination's report of the training records against every source's held-out records and the
+    lm-eval tasks named in data.contamination_tasks (None when there is nothing to check); cached under the
+    mixture and the evaluation items' text."""
+    from sft.data.contamination import Contamination, scan_training, task_items
+
+    sets = {}
+    for source, entry in zip(sources, entries):
+        lines = (entry / HELD_OUT_TEXTS).read_text(encoding="utf-8").splitlines()
+        if lines:
+            sets[f"held-out:{source.name}"] = [json.loads(line) for line in lines]
+    sets.update(task_items(data.contamination_tasks, data.contamination_include_path))
+    if not sets:
+        return None
+    digest = hashlib.sha256(json.dumps([key, sets], sort_keys=True).encode()).hexdigest()[:24]
+    cached = cache_root() / "datasets" / f"contamination-{digest}.json"
+    if use_cache and cached.is_file():
+        return json.loads(cached.read_text())
+    report = scan_training(Contamination(sets), sources, seed)
+    if use_cache:
+        write_json_atomic(cached, report)
+    return report
 
 
 def assemble_report(data: DataConfig, prompt: PromptConfig, tokenizer: Any, eot: str, sources: list[Source],
