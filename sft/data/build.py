@@ -29,7 +29,7 @@ import numpy as np
 import sft
 from sft.config import DataConfig, PromptConfig
 from sft.data.chat import ChatError
-from sft.data.dedup import exact_hash, record_text
+from sft.data.dedup import exact_hash, near_keys, record_text
 from sft.data.load import Record, count_rows, is_local
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.sources import Source
@@ -83,7 +83,7 @@ def source_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int
     templates = [render_prompt(sample, prompt, tokenizer), render_prompt({**sample, "input": ""}, prompt, tokenizer)]
     h.update(json.dumps([dataclasses.asdict(prompt), templates], sort_keys=True).encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"|seed={seed}|version={sft.__version__}|rows={ROWS_FORMAT}".encode())
+    h.update(f"|seed={seed}|version={sft.__version__}|rows={ROWS_FORMAT}|near={data.dedup == 'near'}".encode())
     return h.hexdigest()[:24]
 
 
@@ -97,6 +97,7 @@ class Chunk:
     trained: np.ndarray  # int32 per kept example: trained tokens
     records: np.ndarray  # int64 per kept example: the record id (position in its file)
     hashes: np.ndarray  # int64 per kept example: its normalised text's hash (sft.data.dedup)
+    bands: np.ndarray  # uint64 (kept examples, dedup.BANDS): MinHash LSH keys, with data.dedup=near only (else no column)
     stats: TokenizeStats
     problems: list[str] = field(default_factory=list)  # bad records, in record order
 
@@ -140,7 +141,9 @@ def tokenize_chunk(where: str, records: list[Record], data: DataConfig, prompt: 
                else np.zeros(len(lengths), np.int32)).astype(np.int32)
     return Chunk(flat["input_ids"], flat["labels"], lengths, trained,
                  np.array([kept[i]["id"] for i in index], dtype=np.int64),
-                 np.array([exact_hash(kept[i]) for i in index], dtype=np.int64), stats, problems)
+                 np.array([exact_hash(kept[i]) for i in index], dtype=np.int64),
+                 near_keys([record_text(kept[i]) for i in index]) if data.dedup == "near" else np.zeros((len(index), 0), np.uint64),
+                 stats, problems)
 
 
 def merge_stats(total: TokenizeStats, part: TokenizeStats) -> None:
@@ -159,7 +162,7 @@ class SplitWriter:
         self.directory, self.split = directory, split
         self.ids = open(directory / f"{split}.ids", "wb")
         self.labels = open(directory / f"{split}.labels", "wb")
-        self.meta: dict[str, list[np.ndarray]] = {"lengths": [], "trained": [], "records": [], "hashes": []}
+        self.meta: dict[str, list[np.ndarray]] = {"lengths": [], "trained": [], "records": [], "hashes": [], "bands": []}
         self.stats = TokenizeStats()
 
     def add(self, chunk: Chunk) -> None:
@@ -172,10 +175,10 @@ class SplitWriter:
     def close(self) -> TokenizeStats:
         self.ids.close()
         self.labels.close()
-        dtypes = {"lengths": np.int32, "trained": np.int32, "records": np.int64, "hashes": np.int64}
+        empty = {"lengths": np.zeros(0, np.int32), "trained": np.zeros(0, np.int32), "records": np.zeros(0, np.int64),
+                 "hashes": np.zeros(0, np.int64), "bands": np.zeros((0, 0), np.uint64)}
         for key, parts in self.meta.items():
-            np.save(self.directory / f"{self.split}.{key}.npy",
-                    np.concatenate(parts) if parts else np.zeros(0, dtype=dtypes[key]))
+            np.save(self.directory / f"{self.split}.{key}.npy", np.concatenate(parts) if parts else empty[key])
         return self.stats
 
 

@@ -7,14 +7,11 @@ local files as sft-bench loads them). Their n-grams are one sorted array; the tr
 a chunk at a time, and only the n-grams found in it are kept: memory is that of the evaluation side, never of the
 training data. An item with fewer than 13 words has no 13-gram: it is counted as too short, not as clean.
 
-N-grams are hashed with Python's string hash: the index and the scan run in one process (the hash is salted per
-process, so nothing hashed here is stored).
+Words and n-grams are hashed by numpy over a chunk's bytes (sft.data.dedup's MinHash uses the same words).
 """
 
 from __future__ import annotations
 
-import itertools
-import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -22,29 +19,56 @@ import numpy as np
 from sft.errors import ConfigError
 
 N = 13  # words per n-gram (GPT-3, lm-eval)
-WORD = re.compile(r"\w+")
+_WORD_BYTE = np.zeros(256, dtype=np.int8)  # the bytes words are made of: ASCII letters, digits, _, and UTF-8 >= 128
+for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
+    _WORD_BYTE[_c] = 1
+_WORD_BYTE[128:] = 1
+_TABLE = np.random.default_rng(13).integers(0, 2**64 - 1, size=(64, 256), dtype=np.uint64, endpoint=True)
 EXAMPLES = 3  # contaminated items quoted per evaluation set
-_P = np.uint64(0x100000001B3)  # the rolling hash's multiplier (odd, so no information is lost mod 2^64)
+P = np.uint64(0x100000001B3)  # the polynomial hashes' multiplier (odd: invertible mod 2^64)
 
 
-def words(text: str) -> list[str]:
-    return WORD.findall(text.casefold())
+def mix(x: np.ndarray) -> np.ndarray:
+    """A 64-bit finaliser (splitmix64's): nearby inputs give unrelated outputs."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every word of every text hashed to uint64 (the same in every process), and each text's word count. A word is
+    a run of letters, digits, _ and non-ASCII characters, lower-cased: the whole chunk is cut and hashed
+    by numpy over its UTF-8 bytes, with no Python step per word: a word's hash is the sum of a random table's entry
+    for each (place in the word, byte), summed by prefix sums (places past 63 share the last row)."""
+    data = np.frombuffer("\x00".join(t.replace("\x00", " ") for t in texts).lower().encode(), dtype=np.uint8)
+    edges = np.diff(_WORD_BYTE[data], prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    counts = np.bincount(np.searchsorted(np.flatnonzero(data == 0), starts), minlength=len(texts))[:len(texts)]
+    if not len(starts):
+        return np.zeros(0, np.uint64), counts.astype(np.int64)
+    marks = np.zeros(len(data), dtype=np.int32)
+    marks[starts] = starts
+    position = np.arange(len(data), dtype=np.int32)
+    position -= np.maximum.accumulate(marks)
+    np.minimum(position, _TABLE.shape[0] - 1, out=position)  # the byte's place in its word
+    prefix = np.zeros(len(data) + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        np.cumsum(_TABLE[position, data], dtype=np.uint64, out=prefix[1:])
+        hashes = mix(prefix[ends] - prefix[starts] + (ends - starts).astype(np.uint64))
+    return hashes, counts.astype(np.int64)
 
 
 def ngrams(texts: list[str], n: int = N) -> tuple[np.ndarray, np.ndarray]:
     """Every n-gram of words of every text, hashed to uint64, and the index of the text each comes from."""
-    split = [words(t) for t in texts]
-    lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
-    flat = np.fromiter(map(hash, itertools.chain.from_iterable(split)), dtype=np.int64, count=int(lengths.sum()))
+    flat, lengths = word_hashes(texts)
     m = len(flat) - n + 1
     if m <= 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    flat = flat.view(np.uint64)
     with np.errstate(over="ignore"):
         acc = flat[:m].copy()
         for k in range(1, n):
-            acc = acc * _P + flat[k:k + m]
-    owner = np.repeat(np.arange(len(split), dtype=np.int64), lengths)
+            acc = acc * P + flat[k:k + m]
+    owner = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
     inside = owner[:m] == owner[n - 1:]  # no n-gram across two texts
     return acc[inside], owner[:m][inside]
 

@@ -80,28 +80,61 @@ def first_of_groups(keys: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np
     return first, leader
 
 
+class Pool:
+    """Every member's examples as one array (in member order), with where each comes from."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        self.order = np.concatenate([m.order for m in members])
+        self.where = np.concatenate([np.full(len(m.hashes), i, dtype=np.int64) for i, m in enumerate(members)])
+        self.rows = np.concatenate([np.arange(len(m.hashes), dtype=np.int64) for m in members])
+        names = sorted({m.source for m in members})
+        self.source_of = np.array([names.index(m.source) for m in members], dtype=np.int64)
+
+    def masks(self, dup: np.ndarray) -> list[np.ndarray]:
+        return [dup[self.where == i] for i in range(len(self.members))]
+
+    def report(self, dup: np.ndarray, leader: np.ndarray) -> dict[str, Any]:
+        """Counts within a source and across sources, and the first few pairs (source, split, record of the kept
+        one and of the duplicate)."""
+        across = dup & (self.source_of[self.where[leader]] != self.source_of[self.where])
+        candidates = np.flatnonzero(dup)
+        shown = candidates[np.argsort(self.order[candidates], kind="stable")][:EXAMPLES]
+        examples = [{"kept": describe(self.members, self.where[leader[k]], self.rows[leader[k]]),
+                     "duplicate": describe(self.members, self.where[k], self.rows[k])} for k in shown]
+        return {"duplicates": int(dup.sum()), "within_sources": int(dup.sum() - across.sum()),
+                "across_sources": int(across.sum()), "examples": examples}
+
+
+NOTHING = {"duplicates": 0, "within_sources": 0, "across_sources": 0, "examples": []}
+
+
 def exact_duplicates(members: list[Member]) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Per member, a bool mask of its duplicates (not the first of their text), and the report: counts within a
-    source and across sources, and the first few pairs (source, split, record of the kept one and the duplicate)."""
+    """Per member, a bool mask of its duplicates (not the first of their normalised text), and the report."""
     if not members:
-        return [], {"duplicates": 0, "within_sources": 0, "across_sources": 0, "examples": []}
-    keys = np.concatenate([m.hashes for m in members])
-    order = np.concatenate([m.order for m in members])
-    where = np.concatenate([np.full(len(m.hashes), i, dtype=np.int64) for i, m in enumerate(members)])
-    rows = np.concatenate([np.arange(len(m.hashes), dtype=np.int64) for m in members])
-    names = sorted({m.source for m in members})
-    source_of = np.array([names.index(m.source) for m in members], dtype=np.int64)
-    first, leader = first_of_groups(keys, order)
-    dup = ~first
-    across = dup & (source_of[where[leader]] != source_of[where])
-    candidates = np.flatnonzero(dup)
-    shown = candidates[np.argsort(order[candidates], kind="stable")][:EXAMPLES]
-    examples = [{"kept": describe(members, where[leader[k]], rows[leader[k]]), "duplicate": describe(members, where[k], rows[k])}
-                for k in shown]
-    masks = [dup[where == i] for i in range(len(members))]
-    report = {"duplicates": int(dup.sum()), "within_sources": int(dup.sum() - across.sum()),
-              "across_sources": int(across.sum()), "examples": examples}
-    return masks, report
+        return [], dict(NOTHING)
+    pool = Pool(members)
+    first, leader = first_of_groups(np.concatenate([m.hashes for m in members]), pool.order)
+    return pool.masks(~first), pool.report(~first, leader)
+
+
+def near_duplicates(members: list[Member], bands: list[np.ndarray], exact: list[np.ndarray]
+                    ) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Per member, a bool mask of its near-duplicates that are not exact ones (an earlier example shares one of
+    its LSH bands), and the report; `bands` holds each member's (examples, BANDS) keys, `exact` its exact masks.
+    One band at a time: the memory is one key per example, twice."""
+    if not members:
+        return [], dict(NOTHING)
+    pool = Pool(members)
+    near = np.zeros(len(pool.order), dtype=bool)
+    leader = np.arange(len(pool.order), dtype=np.int64)
+    for b in range(BANDS):
+        first, lead = first_of_groups(np.concatenate([k[:, b] for k in bands]), pool.order)
+        new = ~first & ~near
+        leader[new] = lead[new]
+        near |= ~first
+    near &= ~np.concatenate(exact)
+    return pool.masks(near), pool.report(near, leader)
 
 
 def describe(members: list[Member], i: int, row: int) -> dict[str, Any]:
@@ -120,3 +153,46 @@ class KeptSplit:
 
     def example(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.split.example(int(self.index[k]))
+
+
+# --- near-duplicates ------------------------------------------------------------------------------------------
+# MinHash over 5-grams of words, 64 hash functions in 8 bands of 8: two records are near-duplicates when one band
+# of their signatures is equal, which for texts of Jaccard similarity J happens with probability 1 - (1 - J^8)^8:
+# 0.99 at J=0.9, 0.77 at 0.8, 0.36 at 0.7, 0.03 at 0.5. Written with numpy over a whole chunk (datasketch's
+# MinHash takes about 1.5 ms a record here, 30 times this; its LSH index keeps Python objects per key and band).
+SHINGLE = 5  # words per shingle
+BANDS, ROWS = 8, 8  # bands x rows = hash functions
+_MUL = np.random.default_rng(20261202).integers(1, 2**63, size=(BANDS, ROWS), dtype=np.uint64) | np.uint64(1)
+_ADD = np.random.default_rng(20261203).integers(0, 2**63, size=(BANDS, ROWS), dtype=np.uint64)
+
+
+def near_keys(texts: list[str]) -> np.ndarray:
+    """(len(texts), BANDS) uint64: each text's LSH band keys. A text of fewer than SHINGLE words has one shingle, all
+    its words; an empty one has keys of its own (it matches nothing)."""
+    from sft.data.contamination import P as _P, mix as _mix, word_hashes
+
+    if not texts:
+        return np.zeros((0, BANDS), np.uint64)
+    hashes, counts = word_hashes(texts)
+    n = np.maximum(counts - SHINGLE + 1, 1)  # shingles per text
+    first_word = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    owner = np.repeat(np.arange(len(texts)), n)
+    start = first_word[owner] + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
+    width = np.minimum(counts[owner], SHINGLE)
+    keys = np.empty((len(texts), BANDS), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        shingle = np.zeros(len(start), dtype=np.uint64)
+        padded = np.concatenate([hashes, np.zeros(SHINGLE, np.uint64)])
+        for k in range(SHINGLE):
+            shingle = np.where(k < width, shingle * _P + padded[start + k], shingle)
+        shingle = _mix(shingle)
+        offsets = np.cumsum(n) - n
+        for b in range(BANDS):
+            minima = np.minimum.reduceat((shingle[:, None] * _MUL[b] + _ADD[b]) >> np.uint64(32), offsets, axis=0)
+            band = np.zeros(len(texts), dtype=np.uint64)
+            for r in range(ROWS):
+                band = band * _P + minima[:, r]
+            keys[:, b] = _mix(band + np.uint64(b))
+    empty = counts == 0
+    keys[empty] = _mix(np.arange(BANDS, dtype=np.uint64)[None, :] + np.uint64(2**40) * np.flatnonzero(empty)[:, None].astype(np.uint64) + np.uint64(7))
+    return keys

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
 from sft.data.build import HELD_OUT_TEXTS, ROWS_FORMAT, build_source, cores, open_split, source_key
 from sft.data.chat import chat_template
-from sft.data.dedup import KeptSplit, Member, exact_duplicates, order_of
+from sft.data.dedup import KeptSplit, Member, exact_duplicates, near_duplicates, order_of
 from sft.data.load import Record
 from sft.data.mix import draw, mixture_report, write_eval, write_train
 from sft.data.prompts import end_of_turn_token
@@ -152,8 +154,10 @@ def merged(reports: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
     return out
 
 
-def deduplicate(mode: str, sources: list[Source], trains: list[Any], evals: list[Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """The duplicates among every source's examples (sft.data.dedup), and the splits without them unless mode=none."""
+def deduplicate(mode: str, sources: list[Source], entries: list[Path], trains: list[Any], evals: list[Any]
+                ) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """The duplicates among every source's examples (sft.data.dedup), and the splits without them unless mode=none;
+    near-duplicates with mode=near (their MinHash keys are made only then)."""
     members, slots = [], []
     for i, (source, pair) in enumerate(zip(sources, zip(trains, evals))):
         for split, part in zip(SPLITS, pair):
@@ -162,8 +166,12 @@ def deduplicate(mode: str, sources: list[Source], trains: list[Any], evals: list
                 members.append(Member(source.name, split, order_of(part.records, (i << 40) | (held_file << 39)),
                                       part.records, part.hashes))
                 slots.append((i, split))
-    masks, report = exact_duplicates(members)
-    report = {"mode": mode, "exact": report}
+    masks, exact = exact_duplicates(members)
+    report = {"mode": mode, "exact": exact}
+    if mode == "near":
+        bands = [np.load(entries[i] / f"{split}.bands.npy") for i, split in slots]
+        near, report["near"] = near_duplicates(members, bands, masks)
+        masks = [a | b for a, b in zip(masks, near)]
     if mode == "none":
         return trains, evals, report
     kept = {"train": list(trains), "eval": list(evals)}
@@ -176,7 +184,7 @@ def build_mixture(data: DataConfig, sources: list[Source], entries: list[Path], 
                   seed: int, directory: Path) -> dict[str, Any]:
     trains = [open_split(e, "train") for e in entries]
     evals = [open_split(e, "eval") for e in entries]
-    trains, evals, duplicates = deduplicate(data.dedup, sources, trains, evals)
+    trains, evals, duplicates = deduplicate(data.dedup, sources, entries, trains, evals)
     picks, asked = draw(sources, trains, data.mix_by, data.mix_size, seed)
     if not sum(len(p) for p in picks):
         dropped = {k: v for r in reports for k, v in r["splits"].get("train", {}).get("dropped", {}).items()}

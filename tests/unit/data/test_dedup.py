@@ -103,3 +103,54 @@ def test_a_held_out_copy_of_a_training_record_is_removed_from_the_later_side(tmp
     exact = prepared.report["duplicates"]["exact"]
     assert exact["duplicates"] == 1 and exact["examples"][0]["duplicate"] == {"source": "t", "split": "eval", "record": 0}
     assert len(prepared.datasets["train"]) == 12 and len(prepared.datasets["eval"]) == 3
+
+
+def essay(rng: np.random.Generator, n: int = 120) -> str:
+    return " ".join(f"w{int(k)}" for k in rng.integers(0, 5000, size=n))
+
+
+def test_planted_near_duplicates_are_found_with_dedup_near(tmp_path: Path, monkeypatch: Any, char_tokenizer: Any) -> None:
+    """a: 20 essays of 120 words, near copies of essays 2 and 9 (one word changed, punctuation added: 5-gram
+    Jaccard about 0.92, found with probability 0.996), an exact copy of 5, and essay 3 with its second half
+    rewritten (Jaccard about 0.3: found with probability 1e-5); b: 4 essays and a near copy of a's essay 11."""
+    monkeypatch.setenv("SFT_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    a = [essay(rng) for _ in range(20)]
+    b = [essay(rng) for _ in range(4)]
+
+    def changed(text: str) -> str:
+        words = text.split()
+        words[60] = "changed"
+        return ", ".join(words) + "!"
+
+    half = " ".join(a[3].split()[:60]) + " " + essay(rng, 60)
+    paths = [write_jsonl(tmp_path / "a.jsonl", [{"instruction": "write", "output": t} for t in
+                                                 a + [changed(a[2]), changed(a[9]), a[5], half]]),
+             write_jsonl(tmp_path / "b.jsonl", [{"instruction": "write", "output": t} for t in b + [changed(a[11])]])]
+    data = mixture([str(p) for p in paths], "near")
+    data.max_seq_len = 2048
+    prepared = prepare(data, PROMPT, char_tokenizer, seed=0)
+    found = prepared.report["duplicates"]
+    assert (found["exact"]["duplicates"], found["near"]["duplicates"]) == (1, 3)
+    assert (found["near"]["within_sources"], found["near"]["across_sources"]) == (2, 1)
+    pairs = [(p["kept"]["record"], p["duplicate"]["source"], p["duplicate"]["record"]) for p in found["near"]["examples"]]
+    assert pairs == [(2, "a", 20), (9, "a", 21), (11, "b", 4)]
+    assert len(prepared.datasets["train"]) == 20 + 1 + 4  # the half-rewritten essay stays
+    data.dedup = "exact"
+    assert len(prepare(data, PROMPT, char_tokenizer, seed=0).datasets["train"]) == 20 + 3 + 1 + 4
+
+
+def test_near_keys_estimate_similarity_as_the_bands_promise() -> None:
+    """Over 300 pairs each, the share that shares a band follows 1 - (1 - J^8)^8: 0.97 at 5-gram Jaccard 0.88,
+    0.20 at 0.64, 0.007 at 0.41."""
+    from sft.data.dedup import near_keys
+
+    rng = np.random.default_rng(1)
+    base = [essay(rng, 100) for _ in range(300)]
+
+    def edit(text: str, every: int) -> str:
+        return " ".join("x" if i % every == 0 else w for i, w in enumerate(text.split()))
+
+    keys = near_keys(base)
+    close, mid, far = ((near_keys([edit(t, every) for t in base]) == keys).any(axis=1).mean() for every in (50, 20, 12))
+    assert close > 0.93 and 0.08 < mid < 0.35 and far < 0.03
