@@ -25,6 +25,7 @@ from sft.data.chat import chat_template
 from sft.data.dedup import KeptSplit, Member, exact_duplicates, near_duplicates, order_of
 from sft.data.load import Record
 from sft.data.mix import draw, mixture_report, write_eval, write_train
+from sft.data.plots import distributions
 from sft.data.prompts import end_of_turn_token
 from sft.data.sources import Source, resolve_sources
 from sft.data.tokenize import TokenizeStats
@@ -122,6 +123,7 @@ def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: st
         print(f"tokenizing data source {source.name!r} ({source.data.path}; up to {workers})", flush=True)
         publish_dir(entry, write, marker="report.json")
     report = json.loads((entry / "report.json").read_text())
+    report["name"] = source.name  # the key leaves out the name: a cached entry may have been built under another
     report["cache"] = {"key": key, "hit": hit}
     return entry, report
 
@@ -180,6 +182,15 @@ def deduplicate(mode: str, sources: list[Source], entries: list[Path], trains: l
     return kept["train"], kept["eval"], report
 
 
+def row_lengths(path: Path) -> np.ndarray:
+    """Tokens per row of a rows file, from its list offsets alone (the tokens are not read)."""
+    import datasets
+    import pyarrow.compute as pc
+
+    column = datasets.Dataset.from_file(str(path)).data.column("input_ids")
+    return np.concatenate([pc.list_value_length(c).to_numpy() for c in column.chunks] or [np.zeros(0, np.int32)])
+
+
 def build_mixture(data: DataConfig, sources: list[Source], entries: list[Path], reports: list[dict[str, Any]],
                   seed: int, directory: Path) -> dict[str, Any]:
     trains = [open_split(e, "train") for e in entries]
@@ -191,7 +202,9 @@ def build_mixture(data: DataConfig, sources: list[Source], entries: list[Path], 
         raise DataError(f"{data.path or 'data.sources'}: no training example left after tokenization (dropped: {dropped})")
     mix = mixture_report(sources, trains, picks, asked, data.mix_by)
     packing = write_train(directory / "train.arrow", trains, picks, data.packing, data.max_seq_len, seed)
-    out: dict[str, Any] = {"mixture": mix, "packing": {"train": packing}, "duplicates": duplicates}
+    rows = row_lengths(directory / "train.arrow") if data.packing else None
+    out: dict[str, Any] = {"mixture": mix, "packing": {"train": packing}, "duplicates": duplicates,
+                           "distributions": distributions([s.name for s in sources], trains, reports, rows, data.max_seq_len)}
     if any(e is not None and len(e.lengths) for e in evals):
         out["packing"]["eval"] = write_eval(directory / "eval.arrow", evals, data.packing, data.max_seq_len, seed)
     return out
@@ -264,7 +277,8 @@ def assemble_report(data: DataConfig, prompt: PromptConfig, tokenizer: Any, eot:
                 part["packing"] = mix["packing"][split]
     report["sources"] = {r["name"]: {**r, "mixture": mix["mixture"][r["name"]]} for r in reports}
     report["mix_by"] = data.mix_by
-    report["duplicates"] = mix["duplicates"]
+    report["duplicates"] = mix.get("duplicates")
+    report["distributions"] = mix.get("distributions")  # sft.data.plots draws them in inspect.html
     report["template_details"] = template_report(prompt, tokenizer, eot)
     return report
 
