@@ -5,7 +5,8 @@ The evaluation side is small and known first: each source's held-out records (wh
 other data), and the documents of lm-eval tasks (data.contamination_tasks, loaded by lm-eval itself, offline from
 local files as sft-bench loads them). Their n-grams are one sorted array; the training records then stream past it,
 a chunk at a time, and only the n-grams found in it are kept: memory is that of the evaluation side, never of the
-training data. An item with fewer than 13 words has no 13-gram: it is counted as too short, not as clean.
+training data. An item with fewer than 13 words has no 13-gram: it is counted as too short, not as clean. An
+n-gram found in more than 10 items of one evaluation set (a shared instruction) is left out (our choice).
 
 Words and n-grams are hashed by numpy over a chunk's bytes (sft.data.dedup's MinHash uses the same words).
 """
@@ -25,6 +26,8 @@ for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
 _WORD_BYTE[128:] = 1
 _TABLE = np.random.default_rng(13).integers(0, 2**64 - 1, size=(64, 256), dtype=np.uint64, endpoint=True)
 EXAMPLES = 3  # contaminated items quoted per evaluation set
+TEMPLATE = 10  # an n-gram in more items of one evaluation set than this is its template, not counted
+METHOD = {"ngram": N, "template": TEMPLATE, "version": 1}  # in the cache key of a report: bump when counting changes
 P = np.uint64(0x100000001B3)  # the polynomial hashes' multiplier (odd: invertible mod 2^64)
 
 
@@ -73,12 +76,22 @@ def ngrams(texts: list[str], n: int = N) -> tuple[np.ndarray, np.ndarray]:
     return acc[inside], owner[:m][inside]
 
 
+def without_template(grams: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The n-grams of an evaluation set less those in more than TEMPLATE of its items: text every item repeats (an
+    instruction, a prompt's frame) is the set's template, and a training set that repeats it too would otherwise
+    make every item look contaminated."""
+    pairs = np.unique(np.stack([grams, owner.astype(np.uint64)]), axis=1)
+    values, items = np.unique(pairs[0], return_counts=True)
+    keep = ~np.isin(grams, values[items > TEMPLATE])
+    return grams[keep], owner[keep]
+
+
 class Contamination:
     """The evaluation sets' n-grams, then training texts scanned against them."""
 
     def __init__(self, sets: dict[str, list[str]]) -> None:
         self.sets = sets
-        self.grams = {name: ngrams(items) for name, items in sets.items()}
+        self.grams = {name: without_template(*ngrams(items)) for name, items in sets.items()}
         parts = [g for g, _ in self.grams.values()]
         self.keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
         self.found: list[np.ndarray] = []

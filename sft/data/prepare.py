@@ -238,7 +238,7 @@ def contamination(data: DataConfig, sources: list[Source], entries: list[Path], 
     """sft.data.contamination's report of the training records against every source's held-out records and the
     lm-eval tasks named in data.contamination_tasks (None when there is nothing to check); cached under the
     mixture and the evaluation items' text."""
-    from sft.data.contamination import Contamination, scan_training, task_items
+    from sft.data.contamination import METHOD, Contamination, scan_training, task_items
 
     sets = {}
     for source, entry in zip(sources, entries):
@@ -248,7 +248,7 @@ def contamination(data: DataConfig, sources: list[Source], entries: list[Path], 
     sets.update(task_items(data.contamination_tasks, data.contamination_include_path))
     if not sets:
         return None
-    digest = hashlib.sha256(json.dumps([key, sets], sort_keys=True).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(json.dumps([key, METHOD, sets], sort_keys=True).encode()).hexdigest()[:24]
     cached = cache_root() / "datasets" / f"contamination-{digest}.json"
     if use_cache and cached.is_file():
         return json.loads(cached.read_text())

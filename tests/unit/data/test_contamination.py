@@ -109,3 +109,13 @@ def test_sft_bench_checks_its_tasks_against_the_runs_training_records(tmp_path: 
     s = report["sets"]["lm-eval:sft_planted"]
     assert (report["training_records_scanned"], s["items"], s["contaminated"]) == (8, 6, 2)
     assert run_contamination(None, ["sft_planted"], None) is None  # a bare adapter names no training data
+
+
+def test_text_every_item_repeats_is_the_sets_template_not_contamination() -> None:
+    frame = "answer the following question about the passage below in one word please thank you kindly"
+    items = [f"{frame} {sentence(k)}" for k in range(12)]
+    found = Contamination({"eval": items})
+    found.scan([f"{frame} something else entirely", sentence(5)])  # the frame in training, and one item's content
+    s = found.report()["sets"]["eval"]
+    assert (s["items"], s["too_short"], s["contaminated"]) == (12, 0, 1)
+    assert [e["item"] for e in s["examples"]] == [5]
