@@ -119,3 +119,13 @@ def test_text_every_item_repeats_is_the_sets_template_not_contamination() -> Non
     s = found.report()["sets"]["eval"]
     assert (s["items"], s["too_short"], s["contaminated"]) == (12, 0, 1)
     assert [e["item"] for e in s["examples"]] == [5]
+
+
+def test_the_trackers_get_the_counts_and_shares_as_flat_figures() -> None:
+    from sft.data.contamination import tracker_figures
+
+    report = {"duplicates": {"mode": "exact", "exact": {"duplicates": 4}, "near": {"duplicates": 2}},
+              "contamination": {"sets": {"held-out:a": {"share": 0.123456}, "lm-eval:t": {"share": 0.0}}}}
+    assert tracker_figures(report) == {"duplicates/exact": 4, "duplicates/near": 2, "contamination/held-out:a": 0.1235,
+                                       "contamination/lm-eval:t": 0.0}
+    assert tracker_figures({"duplicates": None, "contamination": None}) == {}
