@@ -13,10 +13,13 @@ Words and n-grams are hashed by numpy over a chunk's bytes (sft.data.dedup's Min
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from sft.config import DataConfig
+from sft.data.sources import Source
 from sft.errors import ConfigError
 
 N = 13  # words per n-gram (GPT-3, lm-eval)
@@ -156,6 +159,35 @@ def tracker_figures(report: dict[str, Any]) -> dict[str, Any]:
     for name, s in ((report.get("contamination") or {}).get("sets") or {}).items():
         out[f"contamination/{name}"] = round(s["share"], 4)
     return out
+
+
+def prepared_contamination(data: DataConfig, sources: list[Source], entries: list[Path], seed: int, key: str,
+                           use_cache: bool) -> dict[str, Any] | None:
+    """sft-prepare's figures: the training records against every source's held-out records and the
+    lm-eval tasks named in data.contamination_tasks (None when there is nothing to check); cached under the
+    mixture and the evaluation items' text."""
+    import hashlib
+    import json
+
+    from sft.data.build import HELD_OUT_TEXTS
+    from sft.io import cache_root, write_json_atomic
+
+    sets = {}
+    for source, entry in zip(sources, entries):
+        lines = (entry / HELD_OUT_TEXTS).read_text(encoding="utf-8").splitlines()
+        if lines:
+            sets[f"held-out:{source.name}"] = [json.loads(line) for line in lines]
+    sets.update(task_items(data.contamination_tasks, data.contamination_include_path))
+    if not sets:
+        return None
+    digest = hashlib.sha256(json.dumps([key, METHOD, sets], sort_keys=True).encode()).hexdigest()[:24]
+    cached = cache_root() / "datasets" / f"contamination-{digest}.json"
+    if use_cache and cached.is_file():
+        return json.loads(cached.read_text())
+    report = scan_training(Contamination(sets), sources, seed)
+    if use_cache:
+        write_json_atomic(cached, report)
+    return report
 
 
 def task_items(tasks: Iterable[str], include_path: str | None) -> dict[str, list[str]]:

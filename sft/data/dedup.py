@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sft.data.load import Record
+from sft.data.sources import Source
 
 MODES = ("none", "exact", "near")
 EXAMPLES = 5  # duplicate pairs shown in the report
@@ -196,3 +198,29 @@ def near_keys(texts: list[str]) -> np.ndarray:
     empty = counts == 0
     keys[empty] = _mix(np.arange(BANDS, dtype=np.uint64)[None, :] + np.uint64(2**40) * np.flatnonzero(empty)[:, None].astype(np.uint64) + np.uint64(7))
     return keys
+
+
+def deduplicate(mode: str, sources: list[Source], entries: list[Path], trains: list[Any], evals: list[Any]
+                ) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """The duplicates among every source's examples (their entries' files hold the keys), and the splits without them unless mode=none;
+    near-duplicates with mode=near (their MinHash keys are made only then)."""
+    members, slots = [], []
+    for i, (source, pair) in enumerate(zip(sources, zip(trains, evals))):
+        for split, part in zip(("train", "eval"), pair):
+            if part is not None and len(part.lengths):
+                held_file = split == "eval" and bool(source.data.eval_path)  # its own file: after the training file
+                members.append(Member(source.name, split, order_of(part.records, (i << 40) | (held_file << 39)),
+                                      part.records, part.hashes))
+                slots.append((i, split))
+    masks, exact = exact_duplicates(members)
+    report = {"mode": mode, "exact": exact}
+    if mode == "near":
+        bands = [np.load(entries[i] / f"{split}.bands.npy") for i, split in slots]
+        near, report["near"] = near_duplicates(members, bands, masks)
+        masks = [a | b for a, b in zip(masks, near)]
+    if mode == "none":
+        return trains, evals, report
+    kept = {"train": list(trains), "eval": list(evals)}
+    for (i, split), mask in zip(slots, masks):
+        kept[split][i] = KeptSplit(kept[split][i], ~mask)
+    return kept["train"], kept["eval"], report

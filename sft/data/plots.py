@@ -10,6 +10,7 @@ the run's report holds them; `data_plots` draws them for inspect.html.
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,15 @@ def distributions(names: list[str], trains: list[Any], reports: list[dict[str, A
         out["fill"] = {"edges": [round(float(e), 3) for e in fill_edges], "rows": int(len(row_lengths)),
                        "counts": histogram(row_lengths / max_seq_len, fill_edges)}
     return out
+
+
+def row_lengths(path: Path) -> np.ndarray:
+    """Tokens per row of a rows file, from its list offsets alone (the tokens are not read)."""
+    import datasets
+    import pyarrow.compute as pc
+
+    column = datasets.Dataset.from_file(str(path)).data.column("input_ids")
+    return np.concatenate([pc.list_value_length(c).to_numpy() for c in column.chunks] or [np.zeros(0, np.int32)])
 
 
 def bar_chart(name: str, title: str, edges: list[float], series: dict[str, list[int]], xlabel: str,

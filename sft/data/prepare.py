@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
-from sft.data.build import HELD_OUT_TEXTS, ROWS_FORMAT, build_source, cores, open_split, source_key
+from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key
 from sft.data.chat import chat_template
-from sft.data.dedup import KeptSplit, Member, exact_duplicates, near_duplicates, order_of
+from sft.data.contamination import prepared_contamination
+from sft.data.dedup import deduplicate
 from sft.data.load import Record
 from sft.data.mix import draw, mixture_report, write_eval, write_train
-from sft.data.plots import distributions
+from sft.data.plots import distributions, row_lengths
 from sft.data.prompts import end_of_turn_token
 from sft.data.sources import Source, resolve_sources
 from sft.data.tokenize import TokenizeStats
@@ -156,41 +155,6 @@ def merged(reports: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
     return out
 
 
-def deduplicate(mode: str, sources: list[Source], entries: list[Path], trains: list[Any], evals: list[Any]
-                ) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """The duplicates among every source's examples (sft.data.dedup), and the splits without them unless mode=none;
-    near-duplicates with mode=near (their MinHash keys are made only then)."""
-    members, slots = [], []
-    for i, (source, pair) in enumerate(zip(sources, zip(trains, evals))):
-        for split, part in zip(SPLITS, pair):
-            if part is not None and len(part.lengths):
-                held_file = split == "eval" and bool(source.data.eval_path)  # its own file: after the training file
-                members.append(Member(source.name, split, order_of(part.records, (i << 40) | (held_file << 39)),
-                                      part.records, part.hashes))
-                slots.append((i, split))
-    masks, exact = exact_duplicates(members)
-    report = {"mode": mode, "exact": exact}
-    if mode == "near":
-        bands = [np.load(entries[i] / f"{split}.bands.npy") for i, split in slots]
-        near, report["near"] = near_duplicates(members, bands, masks)
-        masks = [a | b for a, b in zip(masks, near)]
-    if mode == "none":
-        return trains, evals, report
-    kept = {"train": list(trains), "eval": list(evals)}
-    for (i, split), mask in zip(slots, masks):
-        kept[split][i] = KeptSplit(kept[split][i], ~mask)
-    return kept["train"], kept["eval"], report
-
-
-def row_lengths(path: Path) -> np.ndarray:
-    """Tokens per row of a rows file, from its list offsets alone (the tokens are not read)."""
-    import datasets
-    import pyarrow.compute as pc
-
-    column = datasets.Dataset.from_file(str(path)).data.column("input_ids")
-    return np.concatenate([pc.list_value_length(c).to_numpy() for c in column.chunks] or [np.zeros(0, np.int32)])
-
-
 def build_mixture(data: DataConfig, sources: list[Source], entries: list[Path], reports: list[dict[str, Any]],
                   seed: int, directory: Path) -> dict[str, Any]:
     trains = [open_split(e, "train") for e in entries]
@@ -227,35 +191,10 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     mix = json.loads((entry / "report.json").read_text())
     report = assemble_report(data, prompt, tokenizer, eot, sources, reports, mix)
     report["cache"] = {"key": key, "hit": hit}
-    report["contamination"] = contamination(data, sources, entries, seed, key, use_cache)
+    report["contamination"] = prepared_contamination(data, sources, entries, seed, key, use_cache)
     splits = {name: datasets.Dataset.from_file(str(entry / f"{name}.arrow"))
               for name in SPLITS if (entry / f"{name}.arrow").is_file()}
     return Prepared(datasets.DatasetDict(splits), report)
-
-
-def contamination(data: DataConfig, sources: list[Source], entries: list[Path], seed: int, key: str,
-                  use_cache: bool) -> dict[str, Any] | None:
-    """sft.data.contamination's report of the training records against every source's held-out records and the
-    lm-eval tasks named in data.contamination_tasks (None when there is nothing to check); cached under the
-    mixture and the evaluation items' text."""
-    from sft.data.contamination import METHOD, Contamination, scan_training, task_items
-
-    sets = {}
-    for source, entry in zip(sources, entries):
-        lines = (entry / HELD_OUT_TEXTS).read_text(encoding="utf-8").splitlines()
-        if lines:
-            sets[f"held-out:{source.name}"] = [json.loads(line) for line in lines]
-    sets.update(task_items(data.contamination_tasks, data.contamination_include_path))
-    if not sets:
-        return None
-    digest = hashlib.sha256(json.dumps([key, METHOD, sets], sort_keys=True).encode()).hexdigest()[:24]
-    cached = cache_root() / "datasets" / f"contamination-{digest}.json"
-    if use_cache and cached.is_file():
-        return json.loads(cached.read_text())
-    report = scan_training(Contamination(sets), sources, seed)
-    if use_cache:
-        write_json_atomic(cached, report)
-    return report
 
 
 def assemble_report(data: DataConfig, prompt: PromptConfig, tokenizer: Any, eot: str, sources: list[Source],
