@@ -19,6 +19,8 @@ Runs on the embedded SmolLM2 tokenizer (CPU).
 
 Scale mode: `python benchmarks/bench_prepare.py --records N [--chat-records M] [--old-repo DIR] [--num-proc 1,2]
 [--source ../shared/data/alpaca_en_demo.json] [--work DIR]`
+(or `--records N --dedup-modes none,exact,near --baseline-repo DIR [--eval-fraction 0.01]`: the cost of duplicates
+and contamination, each mode against a checkout of the code before them)
 Writes N distinct Alpaca records (and M multi-turn chat records, 2-3 exchanges each) built from --source into
 .jsonl files, streaming, then runs `python -m sft prepare ... data.packing=true data.max_seq_len=2048 cache=false`
 in a subprocess per --num-proc value (and, with --old-repo, that older checkout's single-process preparation of
@@ -40,6 +42,7 @@ import itertools
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -248,6 +251,7 @@ def run_prepare(cmd: list[str], cwd: Path, env: dict[str, str], log_dir: Path) -
     """Run one preparation; wall seconds and peak RSS (tree sum, largest process). Exits showing its stderr
     when it fails."""
     log_dir.mkdir(parents=True)
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     with (log_dir / "stdout").open("w") as out, (log_dir / "stderr").open("w") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
@@ -259,7 +263,9 @@ def run_prepare(cmd: list[str], cwd: Path, env: dict[str, str], log_dir: Path) -
         wall = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"failed (exit {proc.returncode}): {' '.join(cmd)}\n{(log_dir / 'stderr').read_text()}")
-    return {"wall_s": round(wall, 3), "peak_rss_tree_mb": round(peak_sum / 2**20, 1),
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process and its waited-for workers: robust to load
+    cpu_s = done.ru_utime + done.ru_stime - cpu.ru_utime - cpu.ru_stime
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu_s, 2), "peak_rss_tree_mb": round(peak_sum / 2**20, 1),
             "peak_rss_largest_process_mb": round(peak_one / 2**20, 1)}
 
 
@@ -323,7 +329,33 @@ def measured_run(name: str, overrides: list[str], records: int, work: Path, mode
     result["rows_sha256"], result["rows"] = rows_sha256(run_dir / "out" / "dataset")
     report = json.loads((run_dir / "out" / "report.json").read_text())
     result["total_tokens"] = sum(s["total_tokens"] for s in report["splits"].values())
+    found = report.get("duplicates") or {}
+    result["duplicates"] = {k: v["duplicates"] for k, v in found.items() if isinstance(v, dict)}
+    result["contamination_share"] = {k: round(v["share"], 4) for k, v in
+                                     ((report.get("contamination") or {}).get("sets") or {}).items()}
     return result
+
+
+def dedup_benchmark(args: argparse.Namespace, alpaca: Path, work: Path, model: Path | None) -> dict:
+    """The same preparation (first --num-proc value, --eval-fraction held out, so contamination is checked against
+    it) by the --baseline-repo checkout (before duplicates and contamination), then here with each data.dedup mode:
+    wall and CPU seconds (the process and its workers) and peak RSS, and each over the baseline's (CPU time is
+    the figure to read on a loaded machine)."""
+    common = ["data=alpaca", f"data.path={alpaca}", f"data.num_proc={args.num_proc.split(',')[0]}",
+              f"data.eval_fraction={args.eval_fraction}"]
+    runs = {}
+    if args.baseline_repo:
+        repo = Path(args.baseline_repo).resolve()
+        runs["baseline"] = {"imported_from": imported_from(repo), **measured_run("dedup-baseline", common,
+                                                                                 args.records, work, model, repo=repo)}
+    for mode in args.dedup_modes.split(","):
+        runs[f"dedup_{mode}"] = measured_run(f"dedup-{mode}", common + [f"data.dedup={mode}"], args.records, work, model)
+    out: dict = {"records": args.records, "eval_fraction": args.eval_fraction, "runs": runs}
+    if "baseline" in runs:
+        for measure in ("wall_s", "cpu_s"):
+            out[f"{measure}_over_baseline"] = {k: round(r[measure] / runs["baseline"][measure], 3)
+                                               for k, r in runs.items() if k != "baseline"}
+    return out
 
 
 def imported_from(repo: Path) -> dict[str, str]:
@@ -359,6 +391,10 @@ def scale_benchmark(args: argparse.Namespace, work: Path) -> dict:
                     "model_conversion_timed": model is None}
     alpaca = work / "alpaca.jsonl"
     write_alpaca(source, args.records, alpaca)
+    if args.dedup_modes:
+        result["dedup"] = dedup_benchmark(args, alpaca, work, model)
+        result["load_average_end"] = os.getloadavg()
+        return result
     runs = {f"new_num_proc_{k}": measured_run(f"alpaca-np{k}", ["data=alpaca", f"data.path={alpaca}",
             f"data.num_proc={k}"], args.records, work, model) for k in num_procs}
     if args.old_repo and args.records > OLD_PATH_MAX_RECORDS:
@@ -387,6 +423,10 @@ def main() -> None:
     parser.add_argument("--chat", type=int, default=0, help="in-process mode: chat conversations to prepare too")
     parser.add_argument("--old-repo", help="a checkout of older code to compare (scale mode: its preparation of the "
                         "alpaca file; in-process mode: its chat preparation, with --chat)")
+    parser.add_argument("--dedup-modes", help="scale mode: only time these data.dedup modes (e.g. none,exact,near), "
+                        "against --baseline-repo")
+    parser.add_argument("--baseline-repo", help="scale mode, --dedup-modes: a checkout of the code before them")
+    parser.add_argument("--eval-fraction", type=float, default=0.01, help="scale mode, --dedup-modes: held out")
     parser.add_argument("--num-proc", default="1,2", help="scale mode: data.num_proc values, comma-separated")
     parser.add_argument("--source", default=str(REPO.parent / "shared/data/alpaca_en_demo.json"),
                         help="scale mode: the records to cycle through")

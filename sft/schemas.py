@@ -125,10 +125,18 @@ class DataConfig:
     mix_by: str = "examples"  # what a weight shares out: examples | tokens (all tokens of the drawn examples)
     mix_size: int | None = None  # examples (or tokens) drawn by the weighted sources; null = as many as they hold
     num_proc: int | None = None  # worker processes that tokenize; null = the cores this process may use
+    # duplicates (always reported, sft/data/dedup.py): none = keep them | exact = remove records whose text, lower-cased
+    # with whitespace collapsed, an earlier record has (in any source) | near = also those a MinHash finds near one
+    dedup: str = "none"
+    # contamination (always reported against the held-out records): also against these lm-eval tasks' documents,
+    # e.g. [arc_easy, gsm8k] (what sft-bench will run; needs sft[bench], loads them as lm-eval does: offline from its cache)
+    contamination_tasks: list[str] = field(default_factory=list)
+    contamination_include_path: str | None = None  # a directory of your own lm-eval task YAML files (their --include_path)
 
     def problems(self, key: str) -> list[str]:
         out = one_of(f"{key}.format", self.format, FORMATS) + self.sharegpt.problems(f"{key}.sharegpt")
         out += one_of(f"{key}.mix_by", self.mix_by, ("examples", "tokens"))
+        out += one_of(f"{key}.dedup", self.dedup, ("none", "exact", "near"))
         if self.num_proc is not None and self.num_proc < 1:
             out.append(f"{key}.num_proc={self.num_proc}: must be at least 1 or null")
         if self.mix_size is not None and self.mix_size < 1:

@@ -29,6 +29,7 @@ import numpy as np
 import sft
 from sft.config import DataConfig, PromptConfig
 from sft.data.chat import ChatError
+from sft.data.dedup import exact_hash, near_keys, record_text
 from sft.data.load import Record, count_rows, local_files
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.sources import Source
@@ -36,14 +37,16 @@ from sft.data.splits import Records
 from sft.data.tokenize import IGNORE_INDEX, TokenizeStats, tokenize_examples
 from sft.errors import DataError
 
+HELD_OUT_TEXTS = "eval.texts.jsonl"  # in a source entry: its held-out records' texts
 BAR_FROM = 20_000  # records: shorter preparations show no progress bar
 
 # Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
 # contains "{input}" is kept as written; 3: \n, \t, \r, \\ in custom templates read as escapes; 4: the held-out
 # split decided per record from its content, max_records applied after it; 5: record text tokenized without
 # special-token parsing, chat turns located in one render, SentencePiece segments tokenized as in the whole text;
-# 6: each source prepared on its own, int32 token files, mixtures drawn from them).
-ROWS_FORMAT = 6
+# 6: each source prepared on its own, int32 token files, mixtures drawn from them; 7: each example's text hash
+# beside its tokens, for sft.data.dedup).
+ROWS_FORMAT = 7
 
 
 def _file_digest(path: str, h: Any) -> None:
@@ -62,7 +65,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 # the data settings the tokenized examples of a source do not depend on (they shape the mixture or the rows)
-NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing",
+NOT_IN_SOURCE_KEY = ("sources", "mix_by", "mix_size", "num_proc", "packing", "dedup",
+                     "contamination_tasks", "contamination_include_path",
                      "split_seed")  # split_seed: in the key as `seed=` below, as before it had its own setting
 
 
@@ -81,7 +85,7 @@ def source_key(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int
     templates = [render_prompt(sample, prompt, tokenizer), render_prompt({**sample, "input": ""}, prompt, tokenizer)]
     h.update(json.dumps([dataclasses.asdict(prompt), templates], sort_keys=True).encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"|seed={seed}|version={sft.__version__}|rows={ROWS_FORMAT}".encode())
+    h.update(f"|seed={seed}|version={sft.__version__}|rows={ROWS_FORMAT}|near={data.dedup == 'near'}".encode())
     return h.hexdigest()[:24]
 
 
@@ -94,6 +98,8 @@ class Chunk:
     lengths: np.ndarray  # int32 per kept example
     trained: np.ndarray  # int32 per kept example: trained tokens
     records: np.ndarray  # int64 per kept example: the record id (position in its file)
+    hashes: np.ndarray  # int64 per kept example: its normalised text's hash (sft.data.dedup)
+    bands: np.ndarray  # uint64 (kept examples, dedup.BANDS): MinHash LSH keys, with data.dedup=near only (else no column)
     stats: TokenizeStats
     problems: list[str] = field(default_factory=list)  # bad records, in record order
 
@@ -136,7 +142,10 @@ def tokenize_chunk(where: str, records: list[Record], data: DataConfig, prompt: 
     trained = (np.add.reduceat((flat["labels"] != IGNORE_INDEX).astype(np.int32), starts) if total
                else np.zeros(len(lengths), np.int32)).astype(np.int32)
     return Chunk(flat["input_ids"], flat["labels"], lengths, trained,
-                 np.array([kept[i]["id"] for i in index], dtype=np.int64), stats, problems)
+                 np.array([kept[i]["id"] for i in index], dtype=np.int64),
+                 np.array([exact_hash(kept[i]) for i in index], dtype=np.int64),
+                 near_keys([record_text(kept[i]) for i in index]) if data.dedup == "near" else np.zeros((len(index), 0), np.uint64),
+                 stats, problems)
 
 
 def merge_stats(total: TokenizeStats, part: TokenizeStats) -> None:
@@ -155,7 +164,7 @@ class SplitWriter:
         self.directory, self.split = directory, split
         self.ids = open(directory / f"{split}.ids", "wb")
         self.labels = open(directory / f"{split}.labels", "wb")
-        self.meta: dict[str, list[np.ndarray]] = {"lengths": [], "trained": [], "records": []}
+        self.meta: dict[str, list[np.ndarray]] = {"lengths": [], "trained": [], "records": [], "hashes": [], "bands": []}
         self.stats = TokenizeStats()
 
     def add(self, chunk: Chunk) -> None:
@@ -168,10 +177,10 @@ class SplitWriter:
     def close(self) -> TokenizeStats:
         self.ids.close()
         self.labels.close()
-        dtypes = {"lengths": np.int32, "trained": np.int32, "records": np.int64}
+        empty = {"lengths": np.zeros(0, np.int32), "trained": np.zeros(0, np.int32), "records": np.zeros(0, np.int64),
+                 "hashes": np.zeros(0, np.int64), "bands": np.zeros((0, 0), np.uint64)}
         for key, parts in self.meta.items():
-            np.save(self.directory / f"{self.split}.{key}.npy",
-                    np.concatenate(parts) if parts else np.zeros(0, dtype=dtypes[key]))
+            np.save(self.directory / f"{self.split}.{key}.npy", np.concatenate(parts) if parts else empty[key])
         return self.stats
 
 
@@ -181,8 +190,9 @@ class SourceSplit:
     the files, whatever order the examples are read in)."""
 
     def __init__(self, directory: Path, split: str) -> None:
-        meta = {k: np.load(directory / f"{split}.{k}.npy") for k in ("lengths", "trained", "records")}
+        meta = {k: np.load(directory / f"{split}.{k}.npy") for k in ("lengths", "trained", "records", "hashes")}
         self.lengths, self.trained, self.records = meta["lengths"], meta["trained"], meta["records"]
+        self.hashes = meta["hashes"]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         self._files = {kind: os.open(directory / f"{split}.{kind}", os.O_RDONLY) for kind in ("ids", "labels")}
 
@@ -256,7 +266,7 @@ def _tokenize_all(records: Records, source: Source, prompt: PromptConfig, tokeni
             bar.update(n)
             bar.set_postfix_str(f"{done / (time.perf_counter() - started):,.0f} records/s", refresh=False)
 
-    tasks = records.chunks()
+    tasks = _held_out_texts(records.chunks(), directory / HELD_OUT_TEXTS)
     head = []  # a few chunks first: short sources are tokenized here, without starting workers
     for task in tasks:
         head.append(task)
@@ -273,6 +283,16 @@ def _tokenize_all(records: Records, source: Source, prompt: PromptConfig, tokeni
             bar.close()
         stats = {split: w.close() for split, w in writers.items()}
     return stats
+
+
+def _held_out_texts(chunks: Iterator[tuple[str, str, list[Record]]], path: Path) -> Iterator[tuple[str, str, list[Record]]]:
+    """The chunks, passed on, with the held-out records' texts written to `path` on the way (one JSON string a
+    line): what sft.data.contamination checks the training records against, without reading the files again."""
+    with open(path, "w", encoding="utf-8") as f:
+        for split, where, chunk in chunks:
+            if split == "eval":
+                f.writelines(json.dumps(record_text(r), ensure_ascii=False) + "\n" for r in chunk)
+            yield split, where, chunk
 
 
 def _chain(head: list, rest: Iterator) -> Iterator:

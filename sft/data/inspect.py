@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any
 
+from sft.data.contamination import contamination_lines
 from sft.data.tokenize import IGNORE_INDEX
 
 DIM, GREEN, RESET = "\033[2m", "\033[32m", "\033[0m"
@@ -53,6 +54,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                 f"{name} packing: {p['rows']} rows (lower bound {p['lower_bound_rows']}), "
                 f"efficiency {p['efficiency']:.2%}"
             )
+    lines += duplicate_lines(report.get("duplicates"))
+    lines += contamination_lines(report.get("contamination"))
     sources = report.get("sources", {})
     if len(sources) > 1:
         lines += source_lines(sources, report.get("mix_by", "examples"))
@@ -73,4 +76,25 @@ def source_lines(sources: dict[str, Any], mix_by: str) -> list[str]:
             f"{m['drawn']} ({m['passes']:.2f} passes, {m['tokens']} tokens, {m['trained_tokens']} trained): share "
             f"{asked}got {m['share_of_examples']:.2%} of examples, {m['share_of_tokens']:.2%} of tokens"
             + ("" if r["cache"]["hit"] is False else " [cached]"))
+    return lines
+
+
+def duplicate_lines(duplicates: dict[str, Any] | None) -> list[str]:
+    """What sft.data.dedup found, and whether data.dedup removed it, with the first pairs."""
+    if not duplicates:
+        return []
+    removes = {"exact": duplicates["mode"] in ("exact", "near"), "near": duplicates["mode"] == "near"}
+    lines = []
+    for kind, what in (("exact", "the same text after lower-casing and collapsing whitespace"),
+                       ("near", "near-duplicates (MinHash)")):
+        found = duplicates.get(kind)
+        if found is None:
+            continue
+        lines.append(f"duplicates, {kind} ({what}): {found['duplicates']} ({found['within_sources']} within a source, "
+                     f"{found['across_sources']} across sources): "
+                     + ("removed" if removes[kind] else f"kept (data.dedup={kind} removes them)"))
+        for pair in found["examples"]:
+            a, b = pair["kept"], pair["duplicate"]
+            lines.append(f"  {b['source']} {b['split']} record {b['record']} repeats {a['source']} {a['split']} "
+                         f"record {a['record']}")
     return lines

@@ -1,7 +1,8 @@
 """inspect.html: the first rows of prepared data token by token, as one self-contained page (no network).
 
 Each token is a box: trained tokens (labels kept) green, masked ones grey, end-of-turn tokens outlined, and a
-packed row's example boundaries marked; hovering a token shows its id, its label and its position.
+packed row's example boundaries marked; hovering a token shows its id, its label and its position. Above the rows, the report's distributions drawn as
+inline SVG (sft.data.plots): lengths per source, packed rows' fill, the mixture's shares.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import html
 import json
 from typing import Any
 
+from sft.data.plots import STYLE as PLOT_STYLE, data_plots
 from sft.data.tokenize import IGNORE_INDEX
 
 STYLE = """
@@ -56,6 +58,6 @@ def inspect_page(rows: list[dict[str, Any]], tokenizer: Any, end_of_turn: str, r
               f'<span class="t eot">end of turn {html.escape(end_of_turn)}</span><span class="t start">example '
               'start (packed)</span> hover a token for its id</p>')
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>sft-prepare: inspect</title>"
-            f"<style>{STYLE}</style></head><body><h1>sft-prepare: the first {len(rows)} training rows</h1>"
-            f'<pre class="meta">{html.escape(json.dumps(about, indent=1, default=str))}</pre>{legend}'
-            f"{''.join(sections)}</body></html>\n")
+            f"<style>{STYLE}{PLOT_STYLE}</style></head><body><h1>sft-prepare: the first {len(rows)} training rows</h1>"
+            f'<pre class="meta">{html.escape(json.dumps(about, indent=1, default=str))}</pre>{data_plots(report)}'
+            f"<h2>the rows</h2>{legend}{''.join(sections)}</body></html>\n")

@@ -24,9 +24,12 @@ import sft
 from sft.config import DataConfig, PrepareRunConfig, PromptConfig
 from sft.data.build import ROWS_FORMAT, build_source, cores, open_split, source_key
 from sft.data.chat import chat_template
+from sft.data.contamination import prepared_contamination
+from sft.data.dedup import deduplicate
 from sft.data.heldout import HELD_OUT, held_out_file, source_held_out, write_held_out
 from sft.data.load import Record
 from sft.data.mix import PACKING_RULE, draw, mixture_report, write_eval, write_train
+from sft.data.plots import distributions, row_lengths
 from sft.data.prompts import end_of_turn_token
 from sft.data.sources import Source, resolve_sources
 from sft.data.tokenize import TokenizeStats
@@ -129,6 +132,7 @@ def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: st
     if not hit:  # another node may be building it: build_once waits for it, then it is a hit
         hit = not build_once(entry, write, "report.json", announce, reuse=use_cache)
     report = json.loads((entry / "report.json").read_text())
+    report["name"] = source.name  # the key leaves out the name: a cached entry may have been built under another
     report["cache"] = {"key": key, "hit": hit}
     return entry, report
 
@@ -136,8 +140,9 @@ def prepare_source(source: Source, prompt: PromptConfig, tokenizer: Any, eot: st
 def mixture_key(data: DataConfig, sources: list[Source], keys: list[str], seed: int) -> str:
     h = hashlib.sha256(json.dumps({
         "sources": [[s.name, k, s.weight, s.epochs] for s, k in zip(sources, keys)], "mix_by": data.mix_by,
-        "mix_size": data.mix_size, "packing": data.packing, "max_seq_len": data.max_seq_len, "seed": seed,
-        "version": sft.__version__, "rows": ROWS_FORMAT, "packing_rule": PACKING_RULE}, sort_keys=True).encode())
+        "mix_size": data.mix_size, "packing": data.packing, "dedup": data.dedup, "max_seq_len": data.max_seq_len,
+        "seed": seed, "version": sft.__version__, "rows": ROWS_FORMAT, "packing_rule": PACKING_RULE},
+        sort_keys=True).encode())
     return h.hexdigest()[:24]
 
 
@@ -165,13 +170,16 @@ def build_mixture(data: DataConfig, sources: list[Source], entries: list[Path], 
                   seed: int, directory: Path) -> dict[str, Any]:
     trains = [open_split(e, "train") for e in entries]
     evals = [open_split(e, "eval") for e in entries]
+    trains, evals, duplicates = deduplicate(data.dedup, sources, entries, trains, evals)
     picks, asked = draw(sources, trains, data.mix_by, data.mix_size, seed)
     if not sum(len(p) for p in picks):
         dropped = {k: v for r in reports for k, v in r["splits"].get("train", {}).get("dropped", {}).items()}
         raise DataError(f"{data.path or 'data.sources'}: no training example left after tokenization (dropped: {dropped})")
     mix = mixture_report(sources, trains, picks, asked, data.mix_by)
     packing = write_train(directory / "train.arrow", trains, picks, data.packing, data.max_seq_len, seed)
-    out: dict[str, Any] = {"mixture": mix, "packing": {"train": packing}}
+    rows = row_lengths(directory / "train.arrow") if data.packing else None
+    out: dict[str, Any] = {"mixture": mix, "packing": {"train": packing}, "duplicates": duplicates,
+                           "distributions": distributions([s.name for s in sources], trains, reports, rows, data.max_seq_len)}
     if any(e is not None and len(e.lengths) for e in evals):
         out["packing"]["eval"] = write_eval(directory / "eval.arrow", evals, data.packing, data.max_seq_len, seed)
     return out
@@ -194,6 +202,7 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     mix = json.loads((entry / "report.json").read_text())
     report = assemble_report(data, prompt, tokenizer, eot, sources, reports, mix)
     report["cache"] = {"key": key, "hit": hit}
+    report["contamination"] = prepared_contamination(data, sources, entries, seed, key, use_cache)
     splits = {name: datasets.Dataset.from_file(str(entry / f"{name}.arrow"))
               for name in SPLITS if (entry / f"{name}.arrow").is_file()}
     held = {s.name: source_held_out(s, e) for s, e in zip(sources, entries)}
@@ -219,6 +228,8 @@ def assemble_report(data: DataConfig, prompt: PromptConfig, tokenizer: Any, eot:
                 part["packing"] = mix["packing"][split]
     report["sources"] = {r["name"]: {**r, "mixture": mix["mixture"][r["name"]]} for r in reports}
     report["mix_by"] = data.mix_by
+    report["duplicates"] = mix.get("duplicates")
+    report["distributions"] = mix.get("distributions")  # sft.data.plots draws them in inspect.html
     report["template_details"] = template_report(prompt, tokenizer, eot)
     return report
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import BenchmarkConfig, BenchRunConfig, resource_path
+from sft.data.contamination import contamination_lines, run_contamination
 from sft.errors import ConfigError
 from sft.evaluate.report import variants
 from sft.generate.setup import ModelSetup, load_for_inference, resolve_model
@@ -146,6 +147,9 @@ def run(cfg: BenchRunConfig, sweep_dir: Path | None = None) -> dict[str, Any]:
     manager = task_manager(cfg.benchmark)  # a wrong task name fails before the model loads
     check_task_data(cfg.benchmark, manager)  # and so does a task whose data cannot be read
     setup = resolve_model(cfg.adapter, cfg.model)
+    contamination = run_contamination(setup.source, list(cfg.benchmark.tasks), cfg.benchmark.include_path)
+    for line in contamination_lines(contamination):  # the tasks' documents found in the run's training records
+        print(line)
     model = load_for_inference(setup, cfg.quant)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +162,7 @@ def run(cfg: BenchRunConfig, sweep_dir: Path | None = None) -> dict[str, Any]:
     table = benchmark_table(results)
     report = {"model": setup.name, "adapter": str(setup.source.path) if setup.source else None, "table": table,
               "benchmark": {k: getattr(cfg.benchmark, k) for k in ("tasks", "num_fewshot", "limit", "seed")},
-              "lm_eval_version": results[next(iter(results))].get("lm_eval_version"),
+              "contamination": contamination, "lm_eval_version": results[next(iter(results))].get("lm_eval_version"),
               "results": json.loads(json.dumps(results, default=str))}
     write_json_atomic(out / "benchmarks.json", report)
     write_text_atomic(out / "benchmarks.md", table + "\n")

@@ -1,6 +1,6 @@
 """eval.html: sft-eval's report as one self-contained page (no network, no external script or style).
 
-The before/after table, then every example: prompt, reference, each model's output with a character-level diff
+The before/after table (and one per source of a mixture, and one by prompt length), then every example: prompt, reference, each model's output with a character-level diff
 against the reference (deleted reference text struck through, inserted text underlined), the example's own
 metrics and finish reason. A checkbox keeps only the examples where the adapter got worse than the base.
 """
@@ -11,6 +11,8 @@ import difflib
 import html
 import json
 from typing import Any
+
+import numpy as np
 
 from sft.evaluate.metrics import RougeL, exact_match, token_f1
 from sft.evaluate.report import METRICS
@@ -92,6 +94,34 @@ def metrics_table(results: dict[str, dict[str, Any]]) -> str:
     return f'<table id="metrics"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>'
 
 
+BUCKETS = 4  # length buckets: the quartiles of the prompts' lengths
+
+
+def length_buckets(generated: dict[str, list[dict[str, Any]]]) -> str:
+    """Exact match, token F1 and ROUGE-L of each model over the examples bucketed by their prompt's length in words
+    (the quartiles of the last model's prompts), as one table: where the adapter helps, short or long prompts."""
+    names = list(generated)
+    rows = [r for r in generated[names[-1]] if r.get("reference") is not None] if names else []
+    if len(rows) < BUCKETS:
+        return ""
+    words = {key(r): len(r["prompt"].split()) for r in rows}
+    edges = sorted(set(int(x) for x in np.quantile(list(words.values()), np.linspace(0, 1, BUCKETS + 1))))
+    edges = edges if len(edges) > 1 else edges * 2  # every prompt as long: one bucket
+    rouge, metrics = RougeL(), ("exact_match", "token_f1", "rouge_l")
+    head = "".join(f"<th>{html.escape(n)} {m}</th>" for n in names for m in metrics)
+    lines = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        last = hi == edges[-1]
+        keys = {k for k, w in words.items() if lo <= w < hi or (last and w == hi)}
+        cells = []
+        for n in names:
+            scored = [example_scores(r["output"], r["reference"], rouge) for r in generated[n] if key(r) in keys]
+            cells += [f'<td class="num">{_fmt(float(np.mean([s[m] for s in scored])) if scored else None)}</td>' for m in metrics]
+        lines.append(f'<tr class="bucket"><td>{lo}-{hi}</td><td class="num">{len(keys)}</td>{"".join(cells)}</tr>')
+    return (f'<h3>by prompt length (words)</h3><table id="length-buckets"><tr><th>prompt words</th><th>examples</th>'
+            f'{head}</tr>{"".join(lines)}</table>')
+
+
 def key(row: dict[str, Any]) -> tuple:
     return row.get("source"), row["id"], row["sample"]
 
@@ -127,13 +157,14 @@ def examples_html(generated: dict[str, list[dict[str, Any]]]) -> tuple[str, int]
 
 
 def eval_page(report: dict[str, Any], results: dict[str, dict[str, Any]], generated: dict[str, list[dict[str, Any]]]) -> str:
-    """The whole page: head, table (and one per source of a mixture), filter, examples."""
+    """The whole page: head, table (and one per source of a mixture, one by prompt length), filter, examples."""
     examples, worse = examples_html(generated)
     about = {k: report.get(k) for k in ("adapter", "data", "split", "template")}
     tables = [metrics_table(results)]
     for source in next(iter(results.values())).get("sources", {}) if results else []:
         tables.append(f"<h3>source {html.escape(source)}</h3>" + metrics_table({n: r["sources"][source] for n, r in results.items()})
                       .replace('id="metrics"', 'class="source-metrics"'))
+    tables.append(length_buckets(generated))
     control = (f'<p><label><input type="checkbox" id="only-worse"> only the examples where the adapter got worse '
                f'(its token F1 below the base\'s: {worse})</label></p>' if len(generated) == 2 else "")
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>sft-eval</title>"

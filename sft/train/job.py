@@ -14,6 +14,7 @@ from typing import Any
 
 from sft.config import TrainRunConfig
 from sft.data.collate import make_collator
+from sft.data.contamination import tracker_figures
 from sft.data.inspect import summary_lines
 from sft.data.prepare import Prepared, prepare
 from sft.errors import ConfigError
@@ -109,6 +110,7 @@ def tracker_config(cfg: TrainRunConfig, report: dict[str, Any]) -> dict[str, Any
         if len(report["sources"]) > 1:
             data[f"source/{name}/drawn"] = source["mixture"]["drawn"]
             data[f"source/{name}/share_of_examples"] = round(source["mixture"]["share_of_examples"], 4)
+    data.update(tracker_figures(report))  # duplicates/<kind>, contamination/<set>
     return {**run_config(cfg), "data_report": data}
 
 

@@ -44,6 +44,10 @@ def test_eval_page_table_filter_and_diffs(browser: str, tmp_path: Path) -> None:
         assert page.evaluate("document.querySelectorAll('#metrics tr.metric').length") == 5  # one row per metric
         assert page.evaluate("document.querySelectorAll('section.example').length") == 4
         assert page.evaluate("document.getElementById('shown').textContent") == "4 of 4 examples shown"
+        # by prompt length: "Question N?" has 2 words: one bucket of all 4, each model's mean scores
+        buckets = page.evaluate("[...document.querySelectorAll('#length-buckets tr.bucket')].map(r => [...r.cells].map(c => c.textContent))")
+        assert [b[:2] for b in buckets] == [["2-2", "4"]]
+        assert buckets[0][2:5] == ["0.5000", "0.7917", "0.7917"]  # base: exact match, token F1 (1, 2/3, 1/2, 1), ROUGE-L
         # example 0: the adapter dropped a word (token F1 1.0 -> 0.67): the only one it made worse
         page.evaluate("document.getElementById('only-worse').click()")
         visible = "[...document.querySelectorAll('section.example')].filter(s => s.offsetParent !== null)"
@@ -82,6 +86,16 @@ def test_inspect_page_shows_every_token_with_its_id(browser: str, smollm2_dir: s
         eot = json.loads((out / "report.json").read_text())["template_details"]["end_of_turn"]
         assert eot == "<|im_end|>" and page.evaluate("document.querySelectorAll('section.row .t.eot.trained').length") > 0
         assert page.evaluate("document.querySelectorAll('section.row .t.start').length") > 0  # packed examples
+        # the data: the bars of the length plot count every training example; packed rows by fill; the shares
+        report = json.loads((out / "report.json").read_text())
+        source = next(iter(report["distributions"]["sources"]))
+        plots = page.evaluate("[...document.querySelectorAll('figure.plot')].map(f => f.dataset.plot)")
+        assert plots == [f"lengths-{source}", "fill", "mixture"]
+        bars = page.evaluate(f"[...document.querySelectorAll('figure[data-plot=\"lengths-{source}\"] rect.bar[data-series=tokens]')]"
+                             ".map(r => +r.dataset.count)")
+        assert bars == report["distributions"]["sources"][source]["tokens"] and sum(bars) == report["splits"]["train"]["kept"]
+        assert page.evaluate("document.querySelector('figure[data-plot=fill] svg').getBoundingClientRect().height") > 100
+        assert page.evaluate("+document.querySelector('rect.share[data-kind=examples]').dataset.share") == 1.0
         assert not_blank(page.screenshot())
     finally:
         page.close()
