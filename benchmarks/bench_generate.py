@@ -14,7 +14,9 @@ fraction of prompts whose sampled text is identical at batch size 1 and --batch-
 greedy texts equal to model.generate's. Wall and CPU seconds and the load average are reported beside each
 figure, since other processes on a shared machine slow the timings. --profile N adds the N ops with most self
 time over one batch of each side (torch.profiler); --no-cudnn-sdpa turns cuDNN attention off on CUDA;
---ratio-only times 1 and 3 alone (an A/B of a setting); --model takes another model (a .gguf, a directory).
+--ratio-only times 1 and 3 alone (an A/B of a setting); --model takes another model (a .gguf, a directory);
+--split-forward runs each of 1 and 3 once more, splitting its CPU seconds into the prefill forwards, the
+one-token forwards and everything outside the model (the loop's own cost: sampling, stopping, cache and masks).
 """
 
 from __future__ import annotations
@@ -115,6 +117,29 @@ def loop_and_sampled(model, tok, items, max_new_tokens: int, b: int, f_ours: dic
             "sampled_identical_batch_1_vs_batch": sum(s_1[k] == s_b[k] for k in s_b) / len(items)}
 
 
+def split_forward(model, fn: Callable[[], Any]) -> dict[str, Any]:
+    """CPU seconds of one call of fn: in prefill forwards, in one-token forwards, and outside the model."""
+    spent = {"prefill_cpu_s": 0.0, "steps_cpu_s": 0.0}
+    calls = {"prefill": 0, "steps": 0}
+    inner = model.forward
+
+    def timed_forward(*args: Any, **kwargs: Any) -> Any:
+        start = time.process_time()
+        out = inner(*args, **kwargs)
+        phase = "steps" if kwargs["input_ids"].shape[1] == 1 else "prefill"
+        spent[f"{phase}_cpu_s"] += time.process_time() - start
+        calls[phase] += 1
+        return out
+
+    model.forward = timed_forward  # generate and our loop both call the module, which looks forward up here
+    try:
+        _, _, cpu = timed(fn)
+    finally:
+        del model.forward
+    return {**{k: round(v, 3) for k, v in spent.items()}, "outside_forward_cpu_s": round(cpu - sum(spent.values()), 3),
+            "forward_calls": calls}
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", default="../shared/data/alpaca_en_demo.json")
@@ -128,6 +153,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="report the N ops with most self time over one batch of each side")
     ap.add_argument("--no-cudnn-sdpa", action="store_true", help="CUDA: torch.backends.cuda.enable_cudnn_sdp(False)")
     ap.add_argument("--ratio-only", action="store_true", help="only ours against batched model.generate: no one-at-a-time loop, no sampled check")
+    ap.add_argument("--split-forward", action="store_true", help="one more run of each side: CPU seconds in prefill, in steps, outside the model")
     ap.add_argument("--model", default=None, help="model.path (a .gguf file or a model directory); default: the embedded SmolLM2")
     return ap.parse_args()
 
@@ -169,6 +195,8 @@ def main() -> None:
     }
     if not args.ratio_only:
         report |= loop_and_sampled(model, tok, items, args.max_new_tokens, b, f_ours)
+    if args.split_forward:
+        report["split_forward"] = {name: split_forward(model, fn) for name, fn in sides.items()}
     if args.device.startswith("cuda"):
         report["cudnn_sdpa"] = torch.backends.cuda.cudnn_sdp_enabled()
     if args.profile:
