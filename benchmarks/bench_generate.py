@@ -13,7 +13,10 @@ on the first --batch-size prompts and timed once. Then sampled (temperature 1, t
 fraction of prompts whose sampled text is identical at batch size 1 and --batch-size, and the fraction of
 greedy texts equal to model.generate's. Wall and CPU seconds and the load average are reported beside each
 figure, since other processes on a shared machine slow the timings. --profile N adds the N ops with most self
-time over one batch of each side (torch.profiler); --no-cudnn-sdpa turns cuDNN attention off on CUDA.
+time over one batch of each side (torch.profiler); --no-cudnn-sdpa turns cuDNN attention off on CUDA;
+--ratio-only times 1 and 3 alone (an A/B of a setting); --model takes another model (a .gguf, a directory);
+--split-forward runs each of 1 and 3 once more, splitting its CPU seconds into the prefill forwards, the
+one-token forwards and everything outside the model (the loop's own cost: sampling, stopping, cache and masks).
 """
 
 from __future__ import annotations
@@ -87,18 +90,54 @@ def alternate(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tu
 
 
 def top_ops(fn: Callable[[], Any], device: str, n: int) -> list[dict[str, Any]]:
-    """The n ops with most self time (device time on CUDA) over one call of fn."""
+    """The n (op, input shapes) pairs with most self time (device time on CUDA) over one call of fn."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         fn()
         if cuda:
             torch.cuda.synchronize()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:n]
-    return [{"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1000, 2)} for e in events]
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: getattr(e, key), reverse=True)[:n]
+    return [{"op": e.key, "shapes": str(e.input_shapes), "calls": e.count, "self_ms": round(getattr(e, key) / 1000, 2)}
+            for e in events]
+
+
+def loop_and_sampled(model, tok, items, max_new_tokens: int, b: int, f_ours: dict[str, Any]) -> dict[str, Any]:
+    """model.generate one prompt at a time (warmed on the first batch), and whether sampled texts are the same
+    at batch 1 and at batch b."""
+    hf_generate(model, tok, items[:b], max_new_tokens, 1)
+    loop, wall, cpu = timed(lambda: hf_generate(model, tok, items, max_new_tokens, 1))
+    f_loop = figure(loop, [wall], [cpu])
+    sampled = GenerationConfig(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=max_new_tokens, seed=1)
+    s_b, s_1 = ours(model, tok, items, sampled, b), ours(model, tok, items, sampled, 1)
+    return {"generate_one_at_a_time": f_loop, "speedup_vs_one_at_a_time": round(f_ours["tokens_per_s"] / f_loop["tokens_per_s"], 2),
+            "sampled_identical_batch_1_vs_batch": sum(s_1[k] == s_b[k] for k in s_b) / len(items)}
+
+
+def split_forward(model, fn: Callable[[], Any]) -> dict[str, Any]:
+    """CPU seconds of one call of fn: in prefill forwards, in one-token forwards, and outside the model."""
+    spent = {"prefill_cpu_s": 0.0, "steps_cpu_s": 0.0}
+    calls = {"prefill": 0, "steps": 0}
+    inner = model.forward
+
+    def timed_forward(*args: Any, **kwargs: Any) -> Any:
+        start = time.process_time()
+        out = inner(*args, **kwargs)
+        phase = "steps" if kwargs["input_ids"].shape[1] == 1 else "prefill"
+        spent[f"{phase}_cpu_s"] += time.process_time() - start
+        calls[phase] += 1
+        return out
+
+    model.forward = timed_forward  # generate and our loop both call the module, which looks forward up here
+    try:
+        _, _, cpu = timed(fn)
+    finally:
+        del model.forward
+    return {**{k: round(v, 3) for k, v in spent.items()}, "outside_forward_cpu_s": round(cpu - sum(spent.values()), 3),
+            "forward_calls": calls}
 
 
 def parse_args() -> argparse.Namespace:
@@ -113,6 +152,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=4, help="timed runs of ours and of batched model.generate, in alternating order")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="report the N ops with most self time over one batch of each side")
     ap.add_argument("--no-cudnn-sdpa", action="store_true", help="CUDA: torch.backends.cuda.enable_cudnn_sdp(False)")
+    ap.add_argument("--ratio-only", action="store_true", help="only ours against batched model.generate: no one-at-a-time loop, no sampled check")
+    ap.add_argument("--split-forward", action="store_true", help="one more run of each side: CPU seconds in prefill, in steps, outside the model")
+    ap.add_argument("--model", default=None, help="model.path (a .gguf file or a model directory); default: the embedded SmolLM2")
     return ap.parse_args()
 
 
@@ -124,9 +166,9 @@ def main() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
     load_start = [round(x, 2) for x in os.getloadavg()]
 
-    path = resolve_model_path(ModelConfig())
-    tok = load_tokenizer(ModelConfig(), path=path)
-    model = load_model(ModelConfig(dtype=args.dtype), QuantConfig(name="none"), device=args.device, path=path).eval()
+    path = resolve_model_path(ModelConfig(path=args.model))
+    tok = load_tokenizer(ModelConfig(path=args.model), path=path)
+    model = load_model(ModelConfig(path=args.model, dtype=args.dtype), QuantConfig(name="none"), device=args.device, path=path).eval()
     records = load_records(args.data, DataConfig(path=args.data, on_bad_record="skip"), limit=args.n).records
     greedy = GenerationConfig(max_new_tokens=args.max_new_tokens)
     items = build_items(records, PromptConfig(), tok, greedy, 4096, "truncate", args.data)
@@ -138,28 +180,23 @@ def main() -> None:
     }
     for run in sides.values():  # warm-up: oneDNN (and CUDA) build kernels for each new shape on first use
         run()
-    hf_generate(model, tok, items[:b], args.max_new_tokens, 1)
     runs = alternate(sides, args.repeats)
-    loop, w2, c2 = timed(lambda: hf_generate(model, tok, items, args.max_new_tokens, 1))
-    sampled = GenerationConfig(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=1)
-    s_b, _, _ = timed(lambda: ours(model, tok, items, sampled, b))
-    s_1, _, _ = timed(lambda: ours(model, tok, items, sampled, 1))
-
     ours_b, hf_b = runs["ours"][0], runs["generate"][0]
     f_ours, f_hf = figure(*runs["ours"]), figure(*runs["generate"])
-    f_loop = figure(loop, [w2], [c2])
     report = {
         "device": args.device, "dtype": str(model.dtype), "prompts": len(items), "max_new_tokens": args.max_new_tokens,
         "batch_size": b, "torch_threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "load_average_start": load_start, "repeats": args.repeats, "warm_up": "one full untimed run of each side",
-        "ours_batched": f_ours, "generate_one_at_a_time": f_loop, "generate_batched": f_hf,
-        "speedup_vs_one_at_a_time": round(f_ours["tokens_per_s"] / f_loop["tokens_per_s"], 2),
+        "ours_batched": f_ours, "generate_batched": f_hf,
         "ratio_vs_generate_batched": round(f_ours["tokens_per_s"] / f_hf["tokens_per_s"], 2),
         "ratio_per_run": [round(h / o, 2) for o, h in zip(runs["ours"][1], runs["generate"][1])],
         "cpu_ratio_vs_generate_batched": round(f_hf["cpu_s"] / f_ours["cpu_s"], 2),  # steadier under load, 1 thread
         "greedy_identical_to_generate": sum(ours_b[k] == hf_b[k] for k in ours_b) / len(items),
-        "sampled_identical_batch_1_vs_batch": sum(s_1[k] == s_b[k] for k in s_b) / len(items),
     }
+    if not args.ratio_only:
+        report |= loop_and_sampled(model, tok, items, args.max_new_tokens, b, f_ours)
+    if args.split_forward:
+        report["split_forward"] = {name: split_forward(model, fn) for name, fn in sides.items()}
     if args.device.startswith("cuda"):
         report["cudnn_sdpa"] = torch.backends.cuda.cudnn_sdp_enabled()
     if args.profile:

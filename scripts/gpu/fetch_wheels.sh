@@ -14,7 +14,7 @@ DEST=.whl
 # pyarrow, pandas, xxhash, psutil, huggingface-hub, tokenizers and safetensors already
 PACKAGES=(bitsandbytes==0.50.2 trl==1.16.0 transformers==5.24.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1
           multiprocess==0.70.19 hydra-core==1.3.2 omegaconf==2.3.1 regex==2026.11.19 liger-kernel==0.8.0
-          pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1)
+          pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 gguf==0.19.0)
 PLATFORMS=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 \
          manylinux2014_x86_64 manylinux1_x86_64; do PLATFORMS+=(--platform "$p"); done
