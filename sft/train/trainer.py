@@ -130,8 +130,6 @@ class SftTrainer(AtomicCheckpointMixin, Trainer):
         """The step's micro-batches and its trained tokens over all ranks (what the loss is divided by). Counted
         here, not by the Trainer: it counts only for models that declare loss kwargs, and for a loss type it
         does not know to shift it would count labels[..., 0] too."""
-        import torch
-
         if self._time_at_last_log is None:
             self._time_at_last_log = time.perf_counter()
         batches = list(itertools.islice(epoch_iterator, num_batches))

@@ -40,7 +40,7 @@ def test_a_saved_dataset_dict_gives_train_and_its_held_out_split(tmp_path):
     datasets.DatasetDict(splits).save_to_disk(path, max_shard_size="1KB")  # several Arrow files per split
     (source,) = resolve_sources(DataConfig(path=path))
     assert source.name == "dd" and source.data.eval_path == f"{path}/validation"
-    records = load_splits(DataConfig(path=path), seed=0)[0]
+    records = load_splits(DataConfig(path=path))[0]
     strip = lambda rs: [{k: v for k, v in r.items() if k != "id"} for r in rs]  # noqa: E731
     assert strip(records["train"]) == ROWS[:5] and strip(records["eval"]) == ROWS[5:]
     assert resolve_sources(DataConfig(path=path, eval_fraction=0.5))[0].data.eval_path is None  # held out its own way
