@@ -60,28 +60,37 @@ def typed(cfg: DictConfig) -> Any:
 
 
 def run_command(command: Callable[[Any], Any], cfg: DictConfig) -> Any:
+    from sft.consolelog import console_log
+
     debug = bool(cfg.get("debug", False))
+    log = command_log()
+    logged_before = log.stat().st_size if log.is_file() else 0
     try:
-        return command(typed(cfg))
+        with console_log(log):  # the run directory keeps what the command printed
+            return command(typed(cfg))
     except SftError as e:
         if debug:
             raise
-        remove_hydra_leftovers()
+        remove_hydra_leftovers(log, logged_before)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
-def remove_hydra_leftovers() -> None:
+def command_log() -> Path:
+    """Hydra's log file for this command, in its run directory (out_dir): sft-<command>.log."""
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+
+
+def remove_hydra_leftovers(log: Path, logged_before: int) -> None:
     """A command refused before it wrote anything leaves no directory: Hydra made its run directory (out_dir,
-    with .hydra/ and an empty log) before the command ran."""
+    with .hydra/ and the log, empty before this command, whatever it printed) before the command ran."""
     import shutil
 
-    hydra_cfg = HydraConfig.get()
-    out = Path(hydra_cfg.runtime.output_dir)
-    log = out / f"{hydra_cfg.job.name}.log"
-    if not out.is_dir() or {p.name for p in out.iterdir()} - {".hydra", log.name}:
-        return
-    if not log.exists() or log.stat().st_size == 0:
+    out = log.parent
+    if not (out / ".hydra").is_dir() or {p.name for p in out.iterdir()} - {".hydra", log.name}:
+        return  # not Hydra's making (sft-merge's is the working directory), or the command wrote there
+    if logged_before == 0:
         shutil.rmtree(out, ignore_errors=True)
 
 

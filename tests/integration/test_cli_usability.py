@@ -52,7 +52,14 @@ def test_a_run_leaves_nothing_in_the_working_directory(tmp_path: Path, tiny_dir:
     assert done.returncode == 0, done.stderr
     assert list(cwd.iterdir()) == []
     assert (out / "report.json").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
-    assert (out / "sft-prepare.log").is_file()
+    log = (out / "sft-prepare.log").read_text()  # the console's lines, kept in the run directory
+    assert "records read: 8  bad: 0" in log and f"wrote {out}/dataset" in log
+    assert "records read: 8  bad: 0" in done.stdout  # and still on the console
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "say", "output": "0"}, {"instruction": 3}])
+    done = sft("prepare", f"model.path={tiny_dir}", "data=alpaca", f"data.path={bad}", f"out_dir={tmp_path / 'no'}",
+               "cache=false", cwd=cwd)
+    assert done.returncode == 1 and "bad.jsonl:2: field 'instruction'" in done.stderr
+    assert not (tmp_path / "no").exists() and list(cwd.iterdir()) == []  # it printed, then was refused: no out_dir
 
 
 def test_resolved_config_and_help_print_without_a_traceback(tmp_path: Path) -> None:
