@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Callable
 
 from sft.config import QuantConfig
 from sft.errors import ConfigError
@@ -84,3 +85,19 @@ def shard_fsdp(model: Any) -> str:
     local, layers = four_bit_bytes(model)
     where = f"; {layers} 4-bit layers, {local:,} bytes of packed weights per process" if layers else ""
     return f"FSDP2: {len(units)} blocks + head + root sharded over {dist.get_world_size()} processes{where}"
+
+
+def load_in_turn(build: Callable[[], Any]) -> Any:
+    """build() (load the 4-bit base, add LoRA, shard it) on the processes of each node one after another, in
+    LOCAL_RANK order, with a barrier between turns: a process holds the whole model only until it is sharded,
+    so a node holds at most one whole copy at a time, plus the shards (not one per process at once). Every node
+    takes its turns at the same time. fully_shard only splits tensors locally, so a turn runs no collective."""
+    import torch.distributed as dist
+
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    built = None
+    for turn in range(local_world):
+        if turn == local_rank:
+            built = build()
+        dist.barrier()
+    return built

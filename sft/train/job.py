@@ -21,7 +21,7 @@ from sft.errors import ConfigError
 from sft.model.load import load_model, load_tokenizer
 from sft.model.lora import add_lora, trainable_summary
 from sft.model.quant import pick_device
-from sft.model.fsdp import check_fsdp, shard_fsdp
+from sft.model.fsdp import check_fsdp, load_in_turn, shard_fsdp
 from sft.model.kernels import check_kernels, kernels_line
 from sft.run.adapter import find_adapter
 from sft.run.checkpoints import checkpoint_step, read_sft_state, remove_staging
@@ -282,6 +282,13 @@ def train(cfg: TrainRunConfig) -> int:
         preemption.uninstall()
 
 
+def sharded(model: Any) -> tuple[Any, str]:
+    """The model sharded with FSDP2, and the summary lines to print (its trainable parameters are counted before
+    sharding: a shard would count half)."""
+    summary = trainable_summary(model)
+    return model, f"{summary}\n{shard_fsdp(model)}"
+
+
 def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started: float, extended: bool = False) -> int:
     out = run.path
     tokenizer, prepared, args = prepare_run(cfg, run)
@@ -290,12 +297,13 @@ def train_run(cfg: TrainRunConfig, run: RunDir, preemption: Preemption, started:
     if args.process_index == 0 and any(n in KINDS for n in chosen(cfg.train.report_to)):
         trackers = attach(run.path, cfg.train.report_to, cfg.train.project, cfg.train.run_name or run.path.resolve().name,
                           tracker_config(cfg, prepared.report))
-    model = build_model(cfg, str(args.device))
-    print(trainable_summary(model))
-    if cfg.train.fsdp:
-        line = shard_fsdp(model)  # after LoRA: the adapters are sharded with the blocks that hold them
+    if cfg.train.fsdp:  # after LoRA: the adapters are sharded with the blocks that hold them
+        model, line = load_in_turn(lambda: sharded(build_model(cfg, str(args.device))))
         if args.process_index == 0:
             print(line)
+    else:
+        model = build_model(cfg, str(args.device))
+        print(trainable_summary(model))
     stopper = StopOnPreemption(preemption)
     trainer = build_trainer(cfg, model, prepared, args, tokenizer, run, stopper, trackers)
     checkpoint = resume_point(trainer, run)  # refuses changed data: what held_out.json records is what is trained

@@ -88,6 +88,8 @@ def test_sharded_model_keeps_4bit_shards_and_the_loss_gathers_the_head(tiny_dir:
         assert seen["head_local_shape"] == [64, 64]  # the head's weight outside a forward: half its 128 rows
         assert seen["loss"] == pytest.approx(seen["unsharded_loss"], rel=1e-6)
         assert seen["shard_refused"] and seen["head_resharded"]
+    first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text())["turn"] for rank in (0, 1))
+    assert first[1] <= second[0]  # rank 1 loaded the model only after rank 0 had sharded its copy
 
 
 def test_fsdp_needs_processes_and_matching_quant_storage(
@@ -113,7 +115,7 @@ def worker(model_dir: str, out: Path) -> None:
     from sft.config import LoraConfig, ModelConfig, QuantConfig
     from sft.model.load import load_model
     from sft.model.lora import add_lora
-    from sft.model.fsdp import shard_fsdp
+    from sft.model.fsdp import load_in_turn, shard_fsdp
     from sft.train.loss import (
         causal_lm,
         forward_trained_loss_sum,
@@ -123,20 +125,28 @@ def worker(model_dir: str, out: Path) -> None:
 
     dist.init_process_group("gloo")
     quant = QuantConfig(name="nf4", quant_storage="float32")
-    torch.manual_seed(0)
-    model = add_lora(load_model(ModelConfig(path=model_dir), quant, device="cpu"), quant, LoraConfig(dropout=0), False)
-    model.eval()
     ids = torch.randint(3, 128, (2, 24), generator=torch.Generator().manual_seed(1))  # the same batch on each rank
     labels = ids.clone()
     labels[:, :8] = -100
     inputs = {"input_ids": ids, "labels": labels}
+    import time
+
     import bitsandbytes as bnb
 
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    full_bytes = [m.weight.numel() * m.weight.element_size() for m in layers]
-    with torch.no_grad():
-        unsharded = forward_trained_loss_sum(model, inputs)[0].item()
-    shard_fsdp(model)
+    def build() -> tuple[Any, list[Any], list[int], float, list[float]]:
+        started = time.time()
+        torch.manual_seed(0)
+        model = add_lora(load_model(ModelConfig(path=model_dir), quant, device="cpu"), quant, LoraConfig(dropout=0),
+                         False)
+        model.eval()
+        layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        full_bytes = [m.weight.numel() * m.weight.element_size() for m in layers]
+        with torch.no_grad():
+            unsharded = forward_trained_loss_sum(model, inputs)[0].item()
+        shard_fsdp(model)
+        return model, layers, full_bytes, unsharded, [started, time.time()]
+
+    model, layers, full_bytes, unsharded, turn = load_in_turn(build)  # the whole model on one process at a time
     head = causal_lm(model).get_output_embeddings()
     with torch.no_grad():
         loss = forward_trained_loss_sum(model, inputs)[0].item()
@@ -154,7 +164,7 @@ def worker(model_dir: str, out: Path) -> None:
         "head_local_shape": list(head.weight.to_local().shape),
         "head_resharded": isinstance(head.weight, DTensor),
         "shard_refused": refused,
-        "loss": loss, "unsharded_loss": unsharded,
+        "loss": loss, "unsharded_loss": unsharded, "turn": turn,
     }
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()
