@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Peak memory and time of reading each input format: `python benchmarks/bench_formats.py --records N
-[--prepare-records M] [--formats jsonl,json,parquet,disk,sharegpt] [--work DIR]`; prints one JSON object.
+[--prepare-records M [--dedup-modes none,near] [--eval-fraction F]] [--formats jsonl,json,parquet,disk,sharegpt]
+[--work DIR]`; prints one JSON object.
 
 Writes N distinct Alpaca records made from --source (as bench_prepare.py does) in each format, a batch at a
 time: JSONL, a JSON list, Parquet (row groups of 10,000 records), a directory written by datasets' save_to_disk,
@@ -10,7 +11,9 @@ Then, per format, in a subprocess each:
    before tokenizing), wall seconds and peak RSS (process tree, sampled every 0.1 s, bench_prepare.run_prepare).
 2. with --prepare-records M: `python -m sft prepare ... data.max_records=M data.packing=true
    data.max_seq_len=2048 cache=false` on the same file (reading stops after M records), wall, peak RSS and a
-   sha256 of the rows; the four Alpaca containers must give the same rows.
+   sha256 of the rows; the four Alpaca containers must give the same rows. With --dedup-modes, one such run per
+   data.dedup mode (and --eval-fraction held out, so the contamination scan runs against it): CPU seconds of the
+   process tree, duplicates and contamination found, each mode's wall and CPU time over the first mode's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prepare import REPO, converted_model, measured_run, run_prepare  # noqa: E402
+from bench_prepare import REPO, converted_model, measured_run, run_prepare, variant  # noqa: E402
 
 FORMATS = ("jsonl", "json", "parquet", "disk", "sharegpt")
 ROW_GROUP = 10_000
@@ -40,9 +43,12 @@ print(n, found.bad)
 """
 
 
+SHUFFLE_WORDS = False  # --shuffle-words
+
+
 def alpaca(source: list[dict], n: int) -> Iterator[dict]:
     for i, r in zip(range(n), itertools.cycle(source)):
-        yield {**r, "instruction": f"{r['instruction']} (variant {i})"}
+        yield variant(r, i, len(source) if SHUFFLE_WORDS else None)
 
 
 def sharegpt(source: list[dict], n: int) -> Iterator[dict]:
@@ -106,10 +112,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, required=True, help="records written per format")
     parser.add_argument("--prepare-records", type=int, default=0, help="records sft-prepare takes from each file")
+    parser.add_argument("--dedup-modes", help="with --prepare-records: one preparation per data.dedup mode, e.g. "
+                        "none,near")
+    parser.add_argument("--eval-fraction", type=float, default=0.0, help="with --prepare-records: data.eval_fraction "
+                        "(held out, so contamination is checked against it)")
+    parser.add_argument("--shuffle-words", action="store_true", help="records after the first pass over --source "
+                        "have their output's words shuffled (not near duplicates of each other)")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--source", default=str(REPO.parent / "shared/data/alpaca_en_demo.json"))
     parser.add_argument("--work", help="where data and outputs go and stay (default: a temp dir, removed)")
     args = parser.parse_args()
+    global SHUFFLE_WORDS
+    SHUFFLE_WORDS = args.shuffle_words
     with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
         work = Path(args.work or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
@@ -120,13 +134,27 @@ def main() -> None:
                                   "read": {k: read_run(k, p, fmt, work) for k, (p, fmt) in files.items()}}
         if args.prepare_records:
             model, m = converted_model(work), args.prepare_records
-            prepare = {}
+            modes = args.dedup_modes.split(",") if args.dedup_modes else [None]
+            prepare: dict[str, Any] = {}
             for k, (p, fmt) in files.items():
                 chat = ["prompt=chat"] if fmt == "sharegpt" else []
-                prepare[k] = measured_run(f"prepare-{k}", ["data=alpaca", f"data.path={p}", f"data.format={fmt}", *chat,
-                                                                        f"data.max_records={m}"], m, work, model)
-            alpaca_rows = {r["rows_sha256"] for k, r in prepare.items() if files[k][1] == "alpaca"}
-            result["prepare"] = {"records": m, "runs": prepare, "alpaca_same_rows": len(alpaca_rows) == 1}
+                common = ["data=alpaca", f"data.path={p}", f"data.format={fmt}", *chat, f"data.max_records={m}",
+                          *([f"data.eval_fraction={args.eval_fraction}"] if args.eval_fraction else [])]
+                for mode in modes:
+                    name = k if mode is None else f"{k}-dedup_{mode}"
+                    prepare[name] = measured_run(f"prepare-{name}", common + ([f"data.dedup={mode}"] if mode else []),
+                                                 m, work, model)
+            # per mode, the rows of every Alpaca container (ShareGPT goes through the chat template: other rows)
+            same = all(len({prepare[k if mode is None else f"{k}-dedup_{mode}"]["rows_sha256"]
+                            for k in files if files[k][1] == "alpaca"}) <= 1 for mode in modes)
+            result["prepare"] = {"records": m, "dedup_modes": args.dedup_modes, "eval_fraction": args.eval_fraction,
+                                 "runs": prepare, "alpaca_same_rows": same}
+            if args.dedup_modes:
+                result["prepare"]["over_first_mode"] = {
+                    f"{k}-dedup_{mode}": {measure: round(prepare[f"{k}-dedup_{mode}"][measure]
+                                                         / prepare[f"{k}-dedup_{modes[0]}"][measure], 3)
+                                          for measure in ("wall_s", "cpu_s", "peak_rss_tree_mb")}
+                    for k in files for mode in modes[1:]}
         result["load_average_end"] = os.getloadavg()
     json.dump(result, sys.stdout, indent=2)
     print()
