@@ -2,7 +2,7 @@
 paper's method, as lm-eval's decontamination applies it: lower-cased words, punctuation dropped).
 
 The evaluation side is small and known first: each source's held-out records (what sft-eval scores unless given
-other data), and the documents of lm-eval tasks (data.contamination_tasks, loaded by lm-eval itself, offline from
+other data; sft-eval checks whatever records it scores itself, eval_contamination), and the documents of lm-eval tasks (data.contamination_tasks, loaded by lm-eval itself, offline from
 local files as sft-bench loads them). Their n-grams are one sorted array; the training records then stream past it,
 a chunk at a time, and only the n-grams found in it are kept: memory is that of the evaluation side, never of the
 training data. An item with fewer than 13 words has no 13-gram: it is counted as too short, not as clean. An
@@ -142,12 +142,27 @@ def scan_training(found: Contamination, sources: list[Any], seed: int) -> dict[s
 def run_contamination(source: Any, tasks: list[str], include_path: str | None) -> dict[str, Any] | None:
     """sft-bench's figures: its tasks' documents against the training records of the run it evaluates (None
     without a run directory, whose config names the data)."""
+    return _against_run(source, lambda: task_items(tasks, include_path))
+
+
+def eval_contamination(source: Any, records: list[Any], name: str) -> dict[str, Any] | None:
+    """sft-eval's figures: the records it scores (its own data: the run's held-out split, or any other file it is
+    given) against the training records of the run it evaluates, keyed `sft-eval:<name>` (None without a run
+    directory)."""
+    from sft.data.dedup import record_text
+
+    return _against_run(source, lambda: {f"sft-eval:{name}": [record_text(r) for r in records]})
+
+
+def _against_run(source: Any, sets: Any) -> dict[str, Any] | None:
+    """sets() (called only with a run directory: the lm-eval import waits until then) against that run's training
+    records, split as the run split them."""
     from sft.data.sources import resolve_sources
 
     data = source.run.data() if source is not None and source.run is not None else None
     if data is None:
         return None
-    return scan_training(Contamination(task_items(tasks, include_path)), resolve_sources(data), source.run.seed(0))
+    return scan_training(Contamination(sets()), resolve_sources(data), source.run.seed(0))
 
 
 def tracker_figures(report: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,8 @@ For each model it writes a resumable generation run (`<out_dir>/base/`, `<out_di
 it with exact match, token F1 and ROUGE-L (sft.evaluate.metrics), and computes the loss and perplexity of the
 references (sft.evaluate.reference). The table goes to stdout as markdown and to `<out_dir>/eval.json`,
 `eval.md` and `eval.html` (every example, with diffs against the reference: sft.evaluate.html).
+With a training run directory, the records scored are first checked for contamination (13-grams of words shared
+with the run's training records, sft.data.contamination): printed, and in eval.json and the trackers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import DataConfig, EvalRunConfig
+from sft.data.contamination import contamination_lines, eval_contamination, tracker_figures
 from sft.data.sources import describe_data
 from sft.errors import ConfigError, DataError
 from sft.evaluate.html import eval_page
@@ -76,6 +79,9 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
     if missing is not None:  # only split=all reads prompt-only records; scores and loss need the answer
         raise DataError(f"{describe_data(setup.data)}: record {missing['id']}: field {cfg.data.output_field!r}: missing "
                         "(sft-eval compares against references; sft-generate takes prompts alone)")
+    contamination = eval_contamination(setup.source, setup.records, describe_data(setup.data))
+    for line in contamination_lines(contamination):  # the scored records found in the run's training records
+        print(line)
     idents = {name: identity(setup.model, cfg.quant, src, setup.prompt, cfg.generation, setup.items)
               for name, src in variants(cfg.compare_base, setup.source)}
     if cfg.generate:
@@ -92,19 +98,20 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"split": cfg.split, "data": describe_data(setup.data), "eval_path": setup.data.eval_path, "template": setup.prompt.name,
-              "adapter": str(setup.source.path) if setup.source else None, "results": results, "table": table}
+              "adapter": str(setup.source.path) if setup.source else None, "results": results, "table": table,
+              "contamination": contamination}
     write_json_atomic(out / "eval.json", report)
     write_text_atomic(out / "eval.md", table + "\n")
     write_text_atomic(out / "eval.html", eval_page(report, results, generated))
     print(table)
     print(f"\nwrote {out / 'eval.json'}, eval.md and eval.html")
     if cfg.report_to:
-        report_to_trackers(cfg, setup.source, results, generated)
+        report_to_trackers(cfg, setup.source, results, generated, contamination)
     return report
 
 
 def report_to_trackers(cfg: EvalRunConfig, source: AdapterSource | None, results: dict[str, Any],
-                       generated: dict[str, list[dict[str, Any]]]) -> None:
+                       generated: dict[str, list[dict[str, Any]]], contamination: dict[str, Any] | None = None) -> None:
     """The table's figures and the first report_samples generations, into the training run's tracker runs."""
     from sft.run.trackers import attach
 
@@ -112,6 +119,8 @@ def report_to_trackers(cfg: EvalRunConfig, source: AdapterSource | None, results
     trackers = attach(run, cfg.report_to, "", "", create=False)
     figures = {f"sft_eval/{variant}/{metric}": value for variant, result in results.items()
                for metric, value in result.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    for share in tracker_figures({"contamination": contamination}).values():  # one set: the records scored
+        figures["sft_eval/contamination"] = share
     variants_ = list(generated)
     by_key = {v: {(r.get("source"), r["id"], r["sample"]): r for r in rows} for v, rows in generated.items()}
     first = generated[variants_[-1]][: cfg.report_samples] if variants_ else []
