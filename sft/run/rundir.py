@@ -3,6 +3,7 @@
     out_dir/
       config.yaml        the resolved config (model, data, prompt, quant, lora, train, seed): evaluation reads it
       report.json        the data report of sft-prepare
+      report.html        the same drawn: its summary, lengths per source, packed rows' fill, mixture shares
       held_out.json      the held-out records it trained without: per source, ids and content hashes (sft.data.heldout)
       tokenizer/         the tokenizer the data was prepared with
       adapter/           PEFT adapter (adapter_config.json, adapter_model.safetensors), written at the end
@@ -32,6 +33,7 @@ from sft.run.checkpoints import latest_checkpoint
 CONFIG = "config.yaml"
 FINISHED = "finished.json"
 REPORT = "report.json"
+REPORT_HTML = "report.html"  # the data report drawn: lengths, packed rows' fill, mixture shares
 METRICS = "metrics.jsonl"
 HELD_OUT = "held_out.json"  # written by sft.data.heldout (imported when needed: it pulls in the data pipeline)
 # Keys that do not change what is trained: a rerun may set them differently.
@@ -203,9 +205,12 @@ class RunDir:
         self.__dict__.pop("config", None)
 
     def begin(self, config: dict[str, Any], report: dict[str, Any], tokenizer: Any) -> None:
-        """report.json, tokenizer/, then config.yaml: it marks the run as begun."""
+        """report.json (and report.html, its plots), tokenizer/, then config.yaml: it marks the run as begun."""
+        from sft.data.plots import report_page
+
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path / REPORT, report)
+        write_text_atomic(self.path / REPORT_HTML, report_page(report, f"sft-train: the data of {self.path.name}"))
         tokenizer.save_pretrained(str(self.tokenizer))
         self.write_config(config)
 

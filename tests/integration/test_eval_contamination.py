@@ -73,3 +73,18 @@ def test_sft_eval_of_clean_records_finds_nothing(run: dict[str, Path]) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (s,) = json.loads((out / "eval.json").read_text())["contamination"]["sets"].values()
     assert (s["items"], s["too_short"], s["contaminated"]) == (7, 2, 0)
+
+
+def test_sft_eval_still_evaluates_when_the_runs_training_data_is_gone(run: dict[str, Path]) -> None:
+    planted = write_jsonl(run["root"] / "planted-2.jsonl", PLANTED)
+    train = run["root"] / "train.jsonl"
+    train.rename(run["root"] / "moved.jsonl")
+    try:
+        proc = sft("eval", f"adapter={run['run']}", "split=all", f"data.path={planted}", "generate=false",
+                   "compare_base=false", f"out_dir={run['root'] / 'eval-gone'}", cwd=run["root"])
+    finally:
+        (run["root"] / "moved.jsonl").rename(train)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "note: contamination not checked: the run's training data cannot be read" in proc.stderr
+    report = json.loads((run["root"] / "eval-gone" / "eval.json").read_text())
+    assert report["contamination"] is None and report["results"]["adapter"]["examples"] == len(PLANTED)

@@ -66,3 +66,26 @@ def test_a_cached_source_is_reported_under_the_name_it_has_now(tmp_path: Path, m
     prepare(DataConfig(sources=[SourceConfig(path=path, name="first")], max_seq_len=64), PROMPT, char_tokenizer, seed=0)
     again = prepare(DataConfig(sources=[SourceConfig(path=path, name="second")], max_seq_len=64), PROMPT, char_tokenizer, seed=0)
     assert list(again.report["sources"]) == ["second"] and again.report["sources"]["second"]["cache"]["hit"]
+
+
+def test_the_run_directory_gets_its_data_report_drawn(tmp_path: Path, monkeypatch: Any, char_tokenizer: Any) -> None:
+    from sft.run.rundir import RunDir
+
+    monkeypatch.setenv("SFT_CACHE_DIR", str(tmp_path / "cache"))
+    records = [{"instruction": f"q{i}", "output": " " + "a" * (3 + i)} for i in range(12)]
+    data = DataConfig(path=str(write_jsonl(tmp_path / "s.jsonl", records)), max_seq_len=64, packing=True)
+    report = prepare(data, PROMPT, char_tokenizer, seed=0).report
+    run = RunDir(tmp_path / "run")
+    run.begin({"seed": 0}, report, char_tokenizer)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert re.findall(r'data-plot="([^"]+)"', page) == ["lengths-s", "fill", "mixture"]
+    counts = [int(c) for c in re.findall(r'data-series="tokens" data-count="(\d+)"', page)]
+    assert counts == report["distributions"]["sources"]["s"]["tokens"] and sum(counts) == 12
+    import html
+
+    from sft.data.inspect import summary_lines
+
+    summary = summary_lines(report)  # what sft-prepare prints, above the plots
+    assert len(summary) > 3 and all(html.escape(line) in page for line in summary)
+    assert page.index(html.escape(summary[-1])) < page.index('data-plot="lengths-s"')
+    assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
