@@ -81,8 +81,9 @@ def run(cfg: EvalRunConfig, given_data_keys: set[str] | None = None) -> dict[str
                         "(sft-eval compares against references; sft-generate takes prompts alone)")
     try:
         contamination = eval_contamination(setup.source, setup.records, describe_data(setup.data))
-    except (ConfigError, DataError, OSError) as e:  # a check, not what sft-eval is for: a run's data may be gone
-        print(f"note: contamination not checked: the run's training data cannot be read ({e})", file=sys.stderr)
+    except Exception as e:  # a check, not what sft-eval is for: the run's data may be gone or need the network
+        print(f"note: contamination not checked: the run's training data cannot be read ({type(e).__name__}: {e})",
+              file=sys.stderr)
         contamination = None
     for line in contamination_lines(contamination):  # the scored records found in the run's training records
         print(line)

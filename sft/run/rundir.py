@@ -210,7 +210,8 @@ class RunDir:
 
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path / REPORT, report)
-        write_text_atomic(self.path / REPORT_HTML, report_page(report, f"sft-train: the data of {self.path.name}"))
+        if "distributions" in report:  # a report of prepared data (sft.data.plots), not one of another version
+            write_text_atomic(self.path / REPORT_HTML, report_page(report, f"sft-train: the data of {self.path.name}"))
         tokenizer.save_pretrained(str(self.tokenizer))
         self.write_config(config)
 
