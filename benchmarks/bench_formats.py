@@ -43,16 +43,13 @@ print(n, found.bad)
 """
 
 
-SHUFFLE_WORDS = False  # --shuffle-words
-
-
-def alpaca(source: list[dict], n: int) -> Iterator[dict]:
+def alpaca(source: list[dict], n: int, shuffle_words: bool = False) -> Iterator[dict]:
     for i, r in zip(range(n), itertools.cycle(source)):
-        yield variant(r, i, len(source) if SHUFFLE_WORDS else None)
+        yield variant(r, i, len(source) if shuffle_words else None)
 
 
-def sharegpt(source: list[dict], n: int) -> Iterator[dict]:
-    for r in alpaca(source, n):
+def sharegpt(source: list[dict], n: int, shuffle_words: bool = False) -> Iterator[dict]:
+    for r in alpaca(source, n, shuffle_words):
         question = f"{r['instruction']}\n\n{r['input']}" if r["input"] else r["instruction"]
         yield {"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": r["output"]}]}
 
@@ -77,18 +74,19 @@ def write_parquet(rows: Iterator[dict], path: Path) -> None:
     writer.close()
 
 
-def write_all(source: list[dict], n: int, work: Path, formats: list[str]) -> dict[str, tuple[Path, str]]:
+def write_all(source: list[dict], n: int, work: Path, formats: list[str],
+              shuffle_words: bool = False) -> dict[str, tuple[Path, str]]:
     """format -> (path, data.format)"""
     out = {}
     if "jsonl" in formats:
         with (work / "alpaca.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in alpaca(source, n))
+            f.writelines(json.dumps(r) + "\n" for r in alpaca(source, n, shuffle_words))
         out["jsonl"] = (work / "alpaca.jsonl", "alpaca")
     if "json" in formats:
-        write_json_list(alpaca(source, n), work / "alpaca.json")
+        write_json_list(alpaca(source, n, shuffle_words), work / "alpaca.json")
         out["json"] = (work / "alpaca.json", "alpaca")
     if "parquet" in formats or "disk" in formats:
-        write_parquet(alpaca(source, n), work / "alpaca.parquet")
+        write_parquet(alpaca(source, n, shuffle_words), work / "alpaca.parquet")
         out["parquet"] = (work / "alpaca.parquet", "alpaca")
     if "disk" in formats:
         import datasets
@@ -97,9 +95,14 @@ def write_all(source: list[dict], n: int, work: Path, formats: list[str]) -> dic
         ds.save_to_disk(str(work / "alpaca_disk"))
         out["disk"] = (work / "alpaca_disk", "alpaca")
     if "sharegpt" in formats:
-        write_json_list(sharegpt(source, n), work / "sharegpt.json")
+        write_json_list(sharegpt(source, n, shuffle_words), work / "sharegpt.json")
         out["sharegpt"] = (work / "sharegpt.json", "sharegpt")
     return {k: v for k, v in out.items() if k in formats}
+
+
+def run_name(fmt: str, mode: str | None) -> str:
+    """A preparation's key in the output: the format, and its data.dedup mode when --dedup-modes gives one."""
+    return fmt if mode is None else f"{fmt}-dedup_{mode}"
 
 
 def read_run(name: str, path: Path, fmt: str, work: Path) -> dict[str, Any]:
@@ -122,12 +125,11 @@ def main() -> None:
     parser.add_argument("--source", default=str(REPO.parent / "shared/data/alpaca_en_demo.json"))
     parser.add_argument("--work", help="where data and outputs go and stay (default: a temp dir, removed)")
     args = parser.parse_args()
-    global SHUFFLE_WORDS
-    SHUFFLE_WORDS = args.shuffle_words
     with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
         work = Path(args.work or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        files = write_all(json.loads(Path(args.source).read_text()), args.records, work, args.formats.split(","))
+        files = write_all(json.loads(Path(args.source).read_text()), args.records, work, args.formats.split(","),
+                          args.shuffle_words)
         result: dict[str, Any] = {"records": args.records, "load_average_start": os.getloadavg(),
                                   "file_mb": {k: round(sum(f.stat().st_size for f in ([p] if p.is_file() else
                                               p.rglob("*"))) / 2**20, 1) for k, (p, _) in files.items()},
@@ -141,18 +143,18 @@ def main() -> None:
                 common = ["data=alpaca", f"data.path={p}", f"data.format={fmt}", *chat, f"data.max_records={m}",
                           *([f"data.eval_fraction={args.eval_fraction}"] if args.eval_fraction else [])]
                 for mode in modes:
-                    name = k if mode is None else f"{k}-dedup_{mode}"
-                    prepare[name] = measured_run(f"prepare-{name}", common + ([f"data.dedup={mode}"] if mode else []),
+                    dedup = [f"data.dedup={mode}"] if mode else []
+                    prepare[run_name(k, mode)] = measured_run(f"prepare-{run_name(k, mode)}", common + dedup,
                                                  m, work, model)
             # per mode, the rows of every Alpaca container (ShareGPT goes through the chat template: other rows)
-            same = all(len({prepare[k if mode is None else f"{k}-dedup_{mode}"]["rows_sha256"]
+            same = all(len({prepare[run_name(k, mode)]["rows_sha256"]
                             for k in files if files[k][1] == "alpaca"}) <= 1 for mode in modes)
             result["prepare"] = {"records": m, "dedup_modes": args.dedup_modes, "eval_fraction": args.eval_fraction,
                                  "runs": prepare, "alpaca_same_rows": same}
             if args.dedup_modes:
                 result["prepare"]["over_first_mode"] = {
-                    f"{k}-dedup_{mode}": {measure: round(prepare[f"{k}-dedup_{mode}"][measure]
-                                                         / prepare[f"{k}-dedup_{modes[0]}"][measure], 3)
+                    run_name(k, mode): {measure: round(prepare[run_name(k, mode)][measure]
+                                                       / prepare[run_name(k, modes[0])][measure], 3)
                                           for measure in ("wall_s", "cpu_s", "peak_rss_tree_mb")}
                     for k in files for mode in modes[1:]}
         result["load_average_end"] = os.getloadavg()

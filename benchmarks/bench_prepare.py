@@ -225,8 +225,9 @@ COLUMNS = ("input_ids", "labels", "position_ids")
 
 def variant(r: dict, i: int, shuffle_from: int | None = None) -> dict:
     """Record i of those cycling through the source records: the instruction made distinct; with shuffle_from
-    (the number of source records), from the second pass on, the output's words in a permutation seeded by i, so that copies are not near
-    duplicates either (data.dedup=near then removes next to nothing: its cost without the saving of fewer rows)."""
+    (the number of source records), from the second pass on, the output's words in a permutation seeded by i, so
+    that copies are not near duplicates either (data.dedup=near then removes few: its cost without the saving of
+    fewer rows)."""
     out = {**r, "instruction": f"{r['instruction']} (variant {i})"}
     if shuffle_from is not None and i >= shuffle_from:
         words = r["output"].split(" ")

@@ -61,3 +61,13 @@ def inspect_page(rows: list[dict[str, Any]], tokenizer: Any, end_of_turn: str, r
             f"<style>{STYLE}{PLOT_STYLE}</style></head><body><h1>sft-prepare: the first {len(rows)} training rows</h1>"
             f'<pre class="meta">{html.escape(json.dumps(about, indent=1, default=str))}</pre>{data_plots(report)}'
             f"<h2>the rows</h2>{legend}{''.join(sections)}</body></html>\n")
+
+
+def report_page(report: dict[str, Any], title: str) -> str:
+    """The training run directory's report.html: the data report's summary (what sft-prepare prints) and its plots."""
+    from sft.data.inspect import summary_lines
+
+    summary = html.escape("\n".join(summary_lines(report)))
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}{PLOT_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f'<pre class="meta">{summary}</pre>{data_plots(report)}</body></html>\n')

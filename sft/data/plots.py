@@ -4,8 +4,8 @@ self-contained).
 `distributions` counts, per source, the training examples by tokens and by trained tokens (bins of
 max_seq_len / 32; an example truncated to max_seq_len lands in the last bin, one dropped for length in none, and
 both counts are written beside the bins), the packed rows by how full they are, and is kept in report.json, so
-the run's report holds them; `data_plots` draws them for inspect.html, and `report_page` for the training run
-directory's report.html.
+the run's report holds them; `data_plots` draws them for inspect.html and the training run
+directory's report.html (sft.data.inspect_html).
 """
 
 from __future__ import annotations
@@ -134,14 +134,3 @@ STYLE = """
 figure.plot { margin: 1em 0; } .plot-title { font: bold 12px system-ui, sans-serif; }
 .tick, .legend { font: 10px system-ui, sans-serif; fill: #444; } ul.notes { margin: 0; color: #666; font-size: 12px; }
 """
-
-
-def report_page(report: dict[str, Any], title: str) -> str:
-    """A self-contained page of the data report: its summary (what sft-prepare prints) and its plots."""
-    from sft.data.inspect import summary_lines
-
-    summary = html.escape("\n".join(summary_lines(report)))
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + html.escape(title)
-            + "</title><style>body { font: 14px/1.5 system-ui, sans-serif; margin: 2em; color: #222; } "
-            ".meta { color: #444; font-size: 12px; }" + STYLE + f"</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<pre class="meta">{summary}</pre>{data_plots(report)}</body></html>\n')

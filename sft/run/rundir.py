@@ -206,7 +206,7 @@ class RunDir:
 
     def begin(self, config: dict[str, Any], report: dict[str, Any], tokenizer: Any) -> None:
         """report.json (and report.html, its plots), tokenizer/, then config.yaml: it marks the run as begun."""
-        from sft.data.plots import report_page
+        from sft.data.inspect_html import report_page
 
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path / REPORT, report)
