@@ -29,7 +29,8 @@ import numpy as np
 import sft
 from sft.config import DataConfig, PromptConfig
 from sft.data.chat import ChatError
-from sft.data.dedup import exact_hash, near_keys, record_text
+from sft.data.contamination import grams_of, word_hashes
+from sft.data.dedup import exact_hash, near_keys_of, record_text
 from sft.data.load import Record, count_rows, local_files
 from sft.data.prompts import build_segments, render_prompt
 from sft.data.sources import Source
@@ -38,6 +39,7 @@ from sft.data.tokenize import IGNORE_INDEX, TokenizeStats, tokenize_examples
 from sft.errors import DataError
 
 HELD_OUT_TEXTS = "eval.texts.jsonl"  # in a source entry: its held-out records' texts
+GRAMS = "train.grams"  # in a source entry: the 13-gram hashes of its training examples (sft.data.contamination)
 BAR_FROM = 20_000  # records: shorter preparations show no progress bar
 
 # Bump when the rows made from the same inputs change (2: one-pass template filling, so an instruction that
@@ -45,8 +47,9 @@ BAR_FROM = 20_000  # records: shorter preparations show no progress bar
 # split decided per record from its content, max_records applied after it; 5: record text tokenized without
 # special-token parsing, chat turns located in one render, SentencePiece segments tokenized as in the whole text;
 # 6: each source prepared on its own, int32 token files, mixtures drawn from them; 7: each example's text hash
-# beside its tokens, for sft.data.dedup).
-ROWS_FORMAT = 7
+# beside its tokens, for sft.data.dedup; 8: the training examples' 13-gram hashes beside them, for
+# sft.data.contamination).
+ROWS_FORMAT = 8
 
 
 def _file_digest(path: str, h: Any) -> None:
@@ -100,6 +103,7 @@ class Chunk:
     records: np.ndarray  # int64 per kept example: the record id (position in its file)
     hashes: np.ndarray  # int64 per kept example: its normalised text's hash (sft.data.dedup)
     bands: np.ndarray  # uint64 (kept examples, dedup.BANDS): MinHash LSH keys, with data.dedup=near only (else no column)
+    grams: np.ndarray  # uint64: the 13-gram hashes of every example given to the tokenizer (training chunks only)
     stats: TokenizeStats
     problems: list[str] = field(default_factory=list)  # bad records, in record order
 
@@ -112,15 +116,16 @@ def _init_worker(tokenizer: Any, prompt: PromptConfig, data: DataConfig, eot: st
     _WORKER.update(tokenizer=tokenizer, prompt=prompt, data=data, eot=eot)
 
 
-def _worker_chunk(task: tuple[str, list[Record]]) -> Chunk:
+def _worker_chunk(task: tuple[str, str, list[Record]]) -> Chunk:
     w = _WORKER
-    return tokenize_chunk(task[0], task[1], w["data"], w["prompt"], w["tokenizer"], w["eot"])
+    return tokenize_chunk(task[1], task[2], w["data"], w["prompt"], w["tokenizer"], w["eot"], task[0] == "train")
 
 
 def tokenize_chunk(where: str, records: list[Record], data: DataConfig, prompt: PromptConfig, tokenizer: Any,
-                   eot: str) -> Chunk:
-    """Segments, tokens and masks of a chunk; records its template cannot cut into turns, and rows whose tokens
-    do not give their text, are problems (the main process stops at the first one, or counts them)."""
+                   eot: str, training: bool = False) -> Chunk:
+    """Segments, tokens and masks of a chunk, its examples' hashes for duplicates, and for a `training` chunk the
+    13-gram hashes contamination is checked with; records its template cannot cut into turns, and rows whose
+    tokens do not give their text, are problems (the main process stops at the first one, or counts them)."""
     problems, kept, segments = [], [], []
     for record in records:
         try:
@@ -141,10 +146,13 @@ def tokenize_chunk(where: str, records: list[Record], data: DataConfig, prompt: 
     starts = np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]) if len(lengths) else np.zeros(0, np.int64)
     trained = (np.add.reduceat((flat["labels"] != IGNORE_INDEX).astype(np.int32), starts) if total
                else np.zeros(len(lengths), np.int32)).astype(np.int32)
+    near = data.dedup == "near"
+    words = word_hashes([record_text(r) for r in kept]) if near or training else None  # once for both
     return Chunk(flat["input_ids"], flat["labels"], lengths, trained,
                  np.array([kept[i]["id"] for i in index], dtype=np.int64),
                  np.array([exact_hash(kept[i]) for i in index], dtype=np.int64),
-                 near_keys([record_text(kept[i]) for i in index]) if data.dedup == "near" else np.zeros((len(index), 0), np.uint64),
+                 near_keys_of(*words)[np.asarray(index, dtype=np.int64)] if near else np.zeros((len(index), 0), np.uint64),
+                 grams_of(*words)[0] if training else np.zeros(0, np.uint64),
                  stats, problems)
 
 
@@ -164,12 +172,15 @@ class SplitWriter:
         self.directory, self.split = directory, split
         self.ids = open(directory / f"{split}.ids", "wb")
         self.labels = open(directory / f"{split}.labels", "wb")
+        self.grams = open(directory / GRAMS, "wb") if split == "train" else None
         self.meta: dict[str, list[np.ndarray]] = {"lengths": [], "trained": [], "records": [], "hashes": [], "bands": []}
         self.stats = TokenizeStats()
 
     def add(self, chunk: Chunk) -> None:
         chunk.ids.tofile(self.ids)
         chunk.labels.tofile(self.labels)
+        if self.grams is not None:
+            chunk.grams.tofile(self.grams)
         for key in self.meta:
             self.meta[key].append(getattr(chunk, key))
         merge_stats(self.stats, chunk.stats)
@@ -177,6 +188,8 @@ class SplitWriter:
     def close(self) -> TokenizeStats:
         self.ids.close()
         self.labels.close()
+        if self.grams is not None:
+            self.grams.close()
         empty = {"lengths": np.zeros(0, np.int32), "trained": np.zeros(0, np.int32), "records": np.zeros(0, np.int64),
                  "hashes": np.zeros(0, np.int64), "bands": np.zeros((0, 0), np.uint64)}
         for key, parts in self.meta.items():
@@ -275,7 +288,7 @@ def _tokenize_all(records: Records, source: Source, prompt: PromptConfig, tokeni
     try:
         if num_proc <= 1 or len(head) <= 2 * num_proc:
             for split, where, chunk in _chain(head, tasks):
-                take(split, tokenize_chunk(where, chunk, source.data, prompt, tokenizer, eot), len(chunk))
+                take(split, tokenize_chunk(where, chunk, source.data, prompt, tokenizer, eot, split == "train"), len(chunk))
         else:
             _in_workers(_chain(head, tasks), num_proc, (tokenizer, prompt, source.data, eot), take)
     finally:
@@ -309,7 +322,7 @@ def _in_workers(tasks: Iterator[tuple[str, str, list[Record]]], num_proc: int, i
     try:
         pending: collections.deque = collections.deque()
         for split, where, chunk in tasks:
-            pending.append((split, len(chunk), pool.apply_async(_worker_chunk, ((where, chunk),))))
+            pending.append((split, len(chunk), pool.apply_async(_worker_chunk, ((split, where, chunk),))))
             if len(pending) >= 2 * num_proc:
                 split_, n, result = pending.popleft()
                 take(split_, result.get(), n)

@@ -3,9 +3,11 @@ paper's method, as lm-eval's decontamination applies it: lower-cased words, punc
 
 The evaluation side is small and known first: each source's held-out records (what sft-eval scores unless given
 other data; sft-eval checks whatever records it scores itself, eval_contamination), and the documents of lm-eval tasks (data.contamination_tasks, loaded by lm-eval itself, offline from
-local files as sft-bench loads them). Their n-grams are one sorted array; the training records then stream past it,
-a chunk at a time, and only the n-grams found in it are kept: memory is that of the evaluation side, never of the
-training data. An item with fewer than 13 words has no 13-gram: it is counted as too short, not as clean. An
+local files as sft-bench loads them). Their n-grams are one sorted array; the training n-grams then stream past it,
+a block at a time, and only those found in it are kept: memory is that of the evaluation side, never of the
+training data. sft-prepare's training n-grams are hashed by its tokenizing workers as they tokenize, and kept in
+each source's cache entry (sft.data.build: 8 bytes per n-gram, about one per word), so the records are read once;
+sft-eval and sft-bench read the run's training records again (scan_training). An item with fewer than 13 words has no 13-gram: it is counted as too short, not as clean. An
 n-gram found in more than 10 items of one evaluation set (a shared instruction) is left out (our choice).
 
 Words and n-grams are hashed by numpy over a chunk's bytes (sft.data.dedup's MinHash uses the same words).
@@ -13,6 +15,7 @@ Words and n-grams are hashed by numpy over a chunk's bytes (sft.data.dedup's Min
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,6 +34,7 @@ _TABLE = np.random.default_rng(13).integers(0, 2**64 - 1, size=(64, 256), dtype=
 EXAMPLES = 3  # contaminated items quoted per evaluation set
 TEMPLATE = 10  # an n-gram in more items of one evaluation set than this is its template, not counted
 METHOD = {"ngram": N, "template": TEMPLATE, "version": 1}  # in the cache key of a report: bump when counting changes
+TEXTS_AT_ONCE = 256  # texts word_hashes() cuts at once: its scratch memory
 P = np.uint64(0x100000001B3)  # the polynomial hashes' multiplier (odd: invertible mod 2^64)
 
 
@@ -45,7 +49,11 @@ def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Every word of every text hashed to uint64 (the same in every process), and each text's word count. A word is
     a run of letters, digits, _ and non-ASCII characters, lower-cased: the whole chunk is cut and hashed
     by numpy over its UTF-8 bytes, with no Python step per word: a word's hash is the sum of a random table's entry
-    for each (place in the word, byte), summed by prefix sums (places past 63 share the last row)."""
+    for each (place in the word, byte), summed by prefix sums (places past 63 share the last row). About 26 bytes
+    of scratch per byte of text: TEXTS_AT_ONCE texts at a time."""
+    if len(texts) > TEXTS_AT_ONCE:
+        parts = [word_hashes(texts[i:i + TEXTS_AT_ONCE]) for i in range(0, len(texts), TEXTS_AT_ONCE)]
+        return np.concatenate([h for h, _ in parts]), np.concatenate([c for _, c in parts])
     data = np.frombuffer("\x00".join(t.replace("\x00", " ") for t in texts).lower().encode(), dtype=np.uint8)
     edges = np.diff(_WORD_BYTE[data], prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
@@ -66,15 +74,20 @@ def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def ngrams(texts: list[str], n: int = N) -> tuple[np.ndarray, np.ndarray]:
     """Every n-gram of words of every text, hashed to uint64, and the index of the text each comes from."""
-    flat, lengths = word_hashes(texts)
+    return grams_of(*word_hashes(texts), n)
+
+
+def grams_of(flat: np.ndarray, lengths: np.ndarray, n: int = N) -> tuple[np.ndarray, np.ndarray]:
+    """ngrams() of texts whose words word_hashes() gave (`flat`, and `lengths` words per text)."""
     m = len(flat) - n + 1
     if m <= 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     with np.errstate(over="ignore"):
         acc = flat[:m].copy()
         for k in range(1, n):
-            acc = acc * P + flat[k:k + m]
-    owner = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+            acc *= P
+            acc += flat[k:k + m]
+    owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     inside = owner[:m] == owner[n - 1:]  # no n-gram across two texts
     return acc[inside], owner[:m][inside]
 
@@ -90,23 +103,36 @@ def without_template(grams: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, 
 
 
 class Contamination:
-    """The evaluation sets' n-grams, then training texts scanned against them."""
+    """The evaluation sets' n-grams, then training n-grams checked against them: a bit per slot of a table
+    indexed by a hash's top bits (about 16 slots per evaluation n-gram, at most 2^24) lets through the few training n-grams
+    that may be one of them, which only then are looked up exactly, so a training n-gram costs one lookup in a
+    table of a few MB instead of a binary search."""
 
     def __init__(self, sets: dict[str, list[str]]) -> None:
         self.sets = sets
         self.grams = {name: without_template(*ngrams(items)) for name, items in sets.items()}
         parts = [g for g, _ in self.grams.values()]
         self.keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        bits = int(np.clip(np.ceil(np.log2(max(len(self.keys), 1) * 16)), 12, 24))
+        self.shift = np.uint64(64 - bits)
+        self.maybe = np.zeros(1 << bits, dtype=bool)
+        self.maybe[self.keys >> self.shift] = True
         self.found: list[np.ndarray] = []
         self.scanned = 0
 
     def scan(self, texts: list[str]) -> None:
+        """Training texts: their n-grams checked, the texts counted."""
         self.scanned += len(texts)
-        if not len(self.keys) or not texts:
+        if len(self.keys) and texts:
+            self.check(ngrams(texts)[0])
+
+    def check(self, grams: np.ndarray) -> None:
+        """Training n-grams (uint64 hashes, as ngrams() makes them): those that are evaluation n-grams are kept."""
+        if not len(self.keys) or not len(grams):
             return
-        grams, _ = ngrams(texts)
-        at = np.minimum(np.searchsorted(self.keys, grams), len(self.keys) - 1)
-        hits = grams[self.keys[at] == grams]
+        candidates = grams[self.maybe[grams >> self.shift]]
+        at = np.minimum(np.searchsorted(self.keys, candidates), len(self.keys) - 1)
+        hits = candidates[self.keys[at] == candidates]
         if len(hits):
             self.found.append(np.unique(hits))
 
@@ -125,15 +151,16 @@ class Contamination:
         return out
 
 
-def scan_training(found: Contamination, sources: list[Any], seed: int) -> dict[str, Any]:
-    """`found` with the training side of every source (sft.data.sources.Source) streamed past it: its report."""
+def scan_training(found: Contamination, sources: list[Any]) -> dict[str, Any]:
+    """`found` with the training side of every source (sft.data.sources.Source) streamed past it, each split by
+    its own data.split_seed as preparation splits it: its report."""
     from sft.data.dedup import record_text
     from sft.data.splits import Records
 
     for source in sources:
         if source.weight == 0:  # read and reported, never trained
             continue
-        for split, _, chunk in Records(source.data, seed).chunks():
+        for split, _, chunk in Records(source.data, source.data.split_seed).chunks():
             if split == "train":
                 found.scan([record_text(r) for r in chunk])
     return found.report()
@@ -162,7 +189,7 @@ def _against_run(source: Any, sets: Any) -> dict[str, Any] | None:
     data = source.run.data() if source is not None and source.run is not None else None
     if data is None:
         return None
-    return scan_training(Contamination(sets()), resolve_sources(data), source.run.seed(0))
+    return scan_training(Contamination(sets()), resolve_sources(data))
 
 
 def tracker_figures(report: dict[str, Any]) -> dict[str, Any]:
@@ -176,13 +203,27 @@ def tracker_figures(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def prepared_contamination(data: DataConfig, sources: list[Source], entries: list[Path], seed: int, key: str,
+def scan_entries(found: Contamination, sources: list[Source], entries: list[Path]) -> dict[str, Any]:
+    """`found` with the training n-grams of every source's entry (sft.data.build writes them beside the tokens,
+    as its workers tokenize: the records are not read twice), a block at a time: its report."""
+    from sft.data.build import GRAMS
+
+    for source, entry in zip(sources, entries):
+        if source.weight == 0:  # read and reported, never trained
+            continue
+        found.scanned += json.loads((entry / "report.json").read_text())["splits"].get("train", {}).get("examples", 0)
+        with open(entry / GRAMS, "rb") as f:
+            while len(block := np.fromfile(f, dtype=np.uint64, count=1 << 20)):
+                found.check(block)
+    return found.report()
+
+
+def prepared_contamination(data: DataConfig, sources: list[Source], entries: list[Path], key: str,
                            use_cache: bool) -> dict[str, Any] | None:
     """sft-prepare's figures: the training records against every source's held-out records and the
     lm-eval tasks named in data.contamination_tasks (None when there is nothing to check); cached under the
     mixture and the evaluation items' text."""
     import hashlib
-    import json
 
     from sft.data.build import HELD_OUT_TEXTS
     from sft.io import cache_root, write_json_atomic
@@ -199,7 +240,7 @@ def prepared_contamination(data: DataConfig, sources: list[Source], entries: lis
     cached = cache_root() / "datasets" / f"contamination-{digest}.json"
     if use_cache and cached.is_file():
         return json.loads(cached.read_text())
-    report = scan_training(Contamination(sets), sources, seed)
+    report = scan_entries(Contamination(sets), sources, entries)
     if use_cache:
         write_json_atomic(cached, report)
     return report

@@ -171,17 +171,23 @@ _ADD = np.random.default_rng(20261203).integers(0, 2**63, size=(BANDS, ROWS), dt
 def near_keys(texts: list[str]) -> np.ndarray:
     """(len(texts), BANDS) uint64: each text's LSH band keys. A text of fewer than SHINGLE words has one shingle, all
     its words; an empty one has keys of its own (it matches nothing)."""
-    from sft.data.contamination import P as _P, mix as _mix, word_hashes
+    from sft.data.contamination import word_hashes
 
-    if not texts:
+    return near_keys_of(*word_hashes(texts))
+
+
+def near_keys_of(hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """near_keys() of texts whose words word_hashes() gave (`hashes`, and `counts` words per text)."""
+    from sft.data.contamination import P as _P, mix as _mix
+
+    if not len(counts):
         return np.zeros((0, BANDS), np.uint64)
-    hashes, counts = word_hashes(texts)
     n = np.maximum(counts - SHINGLE + 1, 1)  # shingles per text
     first_word = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    owner = np.repeat(np.arange(len(texts)), n)
+    owner = np.repeat(np.arange(len(counts)), n)
     start = first_word[owner] + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
     width = np.minimum(counts[owner], SHINGLE)
-    keys = np.empty((len(texts), BANDS), dtype=np.uint64)
+    keys = np.empty((len(counts), BANDS), dtype=np.uint64)
     with np.errstate(over="ignore"):
         shingle = np.zeros(len(start), dtype=np.uint64)
         padded = np.concatenate([hashes, np.zeros(SHINGLE, np.uint64)])
@@ -191,7 +197,7 @@ def near_keys(texts: list[str]) -> np.ndarray:
         offsets = np.cumsum(n) - n
         for b in range(BANDS):
             minima = np.minimum.reduceat((shingle[:, None] * _MUL[b] + _ADD[b]) >> np.uint64(32), offsets, axis=0)
-            band = np.zeros(len(texts), dtype=np.uint64)
+            band = np.zeros(len(counts), dtype=np.uint64)
             for r in range(ROWS):
                 band = band * _P + minima[:, r]
             keys[:, b] = _mix(band + np.uint64(b))

@@ -64,6 +64,35 @@ def test_prepare_reports_held_out_records_found_in_training(tmp_path: Path, monk
     assert again["contamination"] == report["contamination"]
 
 
+def distinct_records(tmp_path: Path) -> str:
+    """40 records that share no 13-gram, one file."""
+    return str(write_jsonl(tmp_path / "d.jsonl", [{"instruction": "say", "input": "", "output": sentence(k)}
+                                                  for k in range(40)]))
+
+
+def test_the_training_side_is_the_split_data_split_seed_draws_whatever_the_seed(tmp_path: Path, monkeypatch: Any,
+                                                                                 char_tokenizer: Any) -> None:
+    """The held-out records are checked against the training records of the split preparation made (drawn by
+    data.split_seed), not one drawn by `seed`: distinct records, so nothing is contaminated, by prepare and
+    through a run directory (sft-eval, sft-bench)."""
+    from conftest import write_run_config
+    from sft.data.contamination import eval_contamination
+    from sft.data.load import load_records
+    from sft.run.rundir import RunDir
+
+    monkeypatch.setenv("SFT_CACHE_DIR", str(tmp_path / "cache"))
+    path = distinct_records(tmp_path)
+    data = DataConfig(path=path, eval_fraction=0.3, max_seq_len=400)
+    report = prepare(data, PROMPT, char_tokenizer, seed=5).report
+    held = report["contamination"]["sets"]["held-out:d"]
+    assert held["contaminated"] == 0 and 0 < held["items"] < 40
+    assert report["contamination"]["training_records_scanned"] == 40 - held["items"]
+    run = write_run_config(tmp_path / "run", None, {"path": path, "eval_fraction": 0.3}, seed=5)
+    records = load_records(path, DataConfig(path=path)).records
+    every = eval_contamination(SimpleNamespace(run=RunDir(run)), records, "all")["sets"]["sft-eval:all"]
+    assert (every["items"], every["contaminated"]) == (40, 40 - held["items"])  # each training record, no more
+
+
 def planted_task(tmp_path: Path) -> Path:
     """A local lm-eval task of 6 documents (questions of 20 words) and training records holding two of its
     questions verbatim (documents 1 and 4) and 12 words of a third: the task's directory."""
