@@ -7,8 +7,9 @@ local files as sft-bench loads them). Their n-grams are one sorted array; the tr
 a block at a time, and only those found in it are kept: memory is that of the evaluation side, never of the
 training data. sft-prepare's training n-grams are hashed by its tokenizing workers as they tokenize, and kept in
 each source's cache entry (sft.data.build: 8 bytes per n-gram, about one per word), so the records are read once;
-sft-eval and sft-bench read the run's training records again (scan_training). An item with fewer than 13 words has no 13-gram: it is counted as too short, not as clean. An
-n-gram found in more than 10 items of one evaluation set (a shared instruction) is left out (our choice).
+sft-eval and sft-bench read the run's training records again (scan_training). An item with fewer than 13 words
+has no 13-gram: it is counted as too short, not as clean. An n-gram found in more than 10 items of one evaluation
+set (a shared instruction) is left out (our choice).
 
 Words and n-grams are hashed by numpy over a chunk's bytes (sft.data.dedup's MinHash uses the same words).
 """
@@ -103,8 +104,8 @@ def without_template(grams: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, 
 
 
 class Contamination:
-    """The evaluation sets' n-grams, then training n-grams checked against them: a bit per slot of a table
-    indexed by a hash's top bits (about 16 slots per evaluation n-gram, at most 2^24) lets through the few training n-grams
+    """The evaluation sets' n-grams, then training n-grams checked against them: a table of flags indexed by a
+    hash's top bits (about 16 slots per evaluation n-gram, at most 2^24) lets through the few training n-grams
     that may be one of them, which only then are looked up exactly, so a training n-gram costs one lookup in a
     table of a few MB instead of a binary search."""
 
