@@ -193,8 +193,19 @@ class SplitWriter:
         empty = {"lengths": np.zeros(0, np.int32), "trained": np.zeros(0, np.int32), "records": np.zeros(0, np.int64),
                  "hashes": np.zeros(0, np.int64), "bands": np.zeros((0, 0), np.uint64)}
         for key, parts in self.meta.items():
-            np.save(self.directory / f"{self.split}.{key}.npy", np.concatenate(parts) if parts else empty[key])
+            save_parts(self.directory / f"{self.split}.{key}.npy", parts or [empty[key]])
         return self.stats
+
+
+def save_parts(path: Path, parts: list[np.ndarray]) -> None:
+    """np.save of np.concatenate(parts), written part by part: no second copy of them in memory (at 1M examples
+    with data.dedup=near, 88 MB)."""
+    shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(parts[0].dtype),
+                                                 "fortran_order": False, "shape": shape})
+        for part in parts:
+            np.ascontiguousarray(part).tofile(f)
 
 
 class SourceSplit:

@@ -18,6 +18,8 @@ import math
 import random
 from typing import Hashable, TypedDict
 
+import numpy as np
+
 from sft.data.tokenize import IGNORE_INDEX, Example
 
 
@@ -28,11 +30,11 @@ class PackedRow(TypedDict):
 
 
 class _Bins:
-    """Bins being filled: their items, the keys they hold, the room left in each, and the bins with room sorted by
-    it (the first that fits is the best fit)."""
+    """Bins being filled: their items, the keys they hold (only when some items share one: `tracked`), the room
+    left in each, and the bins with room sorted by it (the first that fits is the best fit)."""
 
-    def __init__(self, capacity: int, items: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, items: int, tracked: bool = True) -> None:
+        self.capacity, self.tracked = capacity, tracked
         self.items: list[list[int]] = []
         self.keys: list[set[Hashable]] = []
         self.room: list[int] = []
@@ -45,21 +47,23 @@ class _Bins:
         skipped = []
         for at in range(bisect.bisect_left(self.free, (n, -1)), len(self.free)):
             b = self.free[at][1]
-            if key not in self.keys[b]:
+            if not self.tracked or key not in self.keys[b]:
                 return b, skipped
             skipped.append(b)
         return None, skipped
 
     def open(self) -> int:
         self.items.append([])
-        self.keys.append(set())
+        if self.tracked:
+            self.keys.append(set())
         self.room.append(0)
         self._set_room(len(self.items) - 1, self.capacity)
         return len(self.items) - 1
 
     def put(self, item: int, n: int, key: Hashable, b: int) -> None:
         self.items[b].append(item)
-        self.keys[b].add(key)
+        if self.tracked:
+            self.keys[b].add(key)
         self.where[item] = b
         self._set_room(b, self.room[b] - n)
 
@@ -88,16 +92,19 @@ def best_fit_decreasing(lengths: list[int], capacity: int, keys: list[Hashable] 
     places with an item already packed (see _trade), and opens a new bin only when no trade is possible."""
     if any(n > capacity for n in lengths):
         raise ValueError("an example is longer than the packing capacity")
-    keys = keys if keys is not None else list(range(len(lengths)))
-    bins = _Bins(capacity, len(lengths))
-    placed: list[int] = []  # in packing order: decreasing lengths
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        best, fitting = bins.best_fit(lengths[i], keys[i])
+    tracked = keys is not None  # None: every item is its own key, and no bin needs to know which it holds
+    bins = _Bins(capacity, len(lengths), tracked)
+    placed: list[int] = []  # in packing order: decreasing lengths (kept for _trade, so only with keys)
+    # longest first, equal lengths in input order (a stable sort; numpy's keeps no tuple per item)
+    for i in np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist():
+        key = keys[i] if keys is not None else i
+        best, fitting = bins.best_fit(lengths[i], key)
         if best is not None:
-            bins.put(i, lengths[i], keys[i], best)
-        elif not _trade(bins, i, fitting, placed, lengths, keys):
-            bins.put(i, lengths[i], keys[i], bins.open())
-        placed.append(i)
+            bins.put(i, lengths[i], key, best)
+        elif not (tracked and _trade(bins, i, fitting, placed, lengths, keys)):  # type: ignore[arg-type]
+            bins.put(i, lengths[i], key, bins.open())
+        if tracked:
+            placed.append(i)
     return bins.items
 
 
