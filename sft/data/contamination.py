@@ -204,23 +204,24 @@ def tracker_figures(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def scan_entries(found: Contamination, sources: list[Source], entries: list[Path]) -> dict[str, Any]:
+def scan_entries(found: Contamination, sources: list[Source], entries: list[Path], reports: list[dict[str, Any]]
+                 ) -> dict[str, Any]:
     """`found` with the training n-grams of every source's entry (sft.data.build writes them beside the tokens,
     as its workers tokenize: the records are not read twice), a block at a time: its report."""
     from sft.data.build import GRAMS
 
-    for source, entry in zip(sources, entries):
+    for source, entry, report in zip(sources, entries, reports):
         if source.weight == 0:  # read and reported, never trained
             continue
-        found.scanned += json.loads((entry / "report.json").read_text())["splits"].get("train", {}).get("examples", 0)
+        found.scanned += report["splits"].get("train", {}).get("examples", 0)
         with open(entry / GRAMS, "rb") as f:
             while len(block := np.fromfile(f, dtype=np.uint64, count=1 << 20)):
                 found.check(block)
     return found.report()
 
 
-def prepared_contamination(data: DataConfig, sources: list[Source], entries: list[Path], key: str,
-                           use_cache: bool) -> dict[str, Any] | None:
+def prepared_contamination(data: DataConfig, sources: list[Source], entries: list[Path], reports: list[dict[str, Any]],
+                           key: str, use_cache: bool) -> dict[str, Any] | None:
     """sft-prepare's figures: the training records against every source's held-out records and the
     lm-eval tasks named in data.contamination_tasks (None when there is nothing to check); cached under the
     mixture and the evaluation items' text."""
@@ -241,7 +242,7 @@ def prepared_contamination(data: DataConfig, sources: list[Source], entries: lis
     cached = cache_root() / "datasets" / f"contamination-{digest}.json"
     if use_cache and cached.is_file():
         return json.loads(cached.read_text())
-    report = scan_entries(Contamination(sets), sources, entries)
+    report = scan_entries(Contamination(sets), sources, entries, reports)
     if use_cache:
         write_json_atomic(cached, report)
     return report

@@ -202,7 +202,7 @@ def prepare(data: DataConfig, prompt: PromptConfig, tokenizer: Any, seed: int, u
     mix = json.loads((entry / "report.json").read_text())
     report = assemble_report(data, prompt, tokenizer, eot, sources, reports, mix)
     report["cache"] = {"key": key, "hit": hit}
-    report["contamination"] = prepared_contamination(data, sources, entries, key, use_cache)
+    report["contamination"] = prepared_contamination(data, sources, entries, reports, key, use_cache)
     splits = {name: datasets.Dataset.from_file(str(entry / f"{name}.arrow"))
               for name in SPLITS if (entry / f"{name}.arrow").is_file()}
     held = {s.name: source_held_out(s, e) for s, e in zip(sources, entries)}
