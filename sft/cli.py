@@ -178,10 +178,26 @@ def check_override_keys(command: str, args: list[str]) -> None:
         parsed = get_args_parser().parse_args(args)
     except SystemExit:  # a malformed command line: Hydra says what is wrong
         return
+    clash = clashing_flags(parsed)
+    if clash:
+        raise ConfigError(clash)
     schema = SCHEMAS[command]
     unknown = unknown_override_keys(schema, parsed.overrides, config_groups(parsed.config_dir))
     if unknown:
         raise ConfigError(unknown_keys_message(schema, unknown, command))
+
+
+def clashing_flags(parsed: Any) -> str | None:
+    """Hydra's flags that cannot go together (it would answer with a ValueError traceback): what to do instead."""
+    given = [flag for flag, on in (("--run", parsed.run), ("--multirun", parsed.multirun),
+                                   ("--cfg", parsed.cfg is not None), ("--info", parsed.info is not None),
+                                   ("--shell-completion", parsed.shell_completion)) if on]
+    if len(given) > 1:
+        return (f"{' and '.join(given)} cannot be given together: one of --run (the default), --multirun (-m: a "
+                "sweep), --cfg (-c: print the config, run nothing), --info (-i)")
+    if parsed.resolve and parsed.cfg is None and not parsed.help:
+        return "--resolve goes with --cfg (e.g. --cfg job --resolve) or --help"
+    return None
 
 
 PRINTING = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")

@@ -78,6 +78,18 @@ def test_resolved_config_and_help_print_without_a_traceback(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["-m", "--cfg", "job"], "error: --multirun and --cfg cannot be given together: one of --run"),
+    (["--cfg", "job", "--info"], "error: --cfg and --info cannot be given together"),
+    (["--resolve"], "error: --resolve goes with --cfg"),
+])
+def test_hydra_flags_that_clash_are_one_error(tmp_path: Path, args: list[str], said: str) -> None:
+    done = sft("prepare", *args, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(said), done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_gives_each_setting_its_schema_comment(tmp_path: Path) -> None:
     done = sft("train", "--help", "train.lr=1e-3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
