@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Peak memory and time of reading each input format: `python benchmarks/bench_formats.py --records N
-[--prepare-records M [--dedup-modes none,near] [--eval-fraction F]] [--formats jsonl,json,parquet,disk,sharegpt]
-[--work DIR]`; prints one JSON object.
+[--prepare-records M [--dedup-modes none,near] [--eval-fraction F]]
+[--formats jsonl,json,csv,parquet,disk,hub,sharegpt] [--work DIR]`; prints one JSON object.
 
 Writes N distinct Alpaca records made from --source (as bench_prepare.py does) in each format, a batch at a
-time: JSONL, a JSON list, Parquet (row groups of 10,000 records), a directory written by datasets' save_to_disk,
-and ShareGPT conversations (human/gpt, one exchange per record) as a JSON list, as the public ShareGPT dumps are.
+time: JSONL, a JSON list, CSV, Parquet (row groups of 10,000 records), a directory written by datasets' save_to_disk,
+a directory laid out as a Hub dataset repository holds Parquet (`data/train-0000i-of-00004.parquet`), which
+sft reads through `datasets.load_dataset(..., streaming=True)` as it reads a Hub dataset, and ShareGPT
+conversations (human/gpt, one exchange per record) as a JSON list, as the public ShareGPT dumps are.
 Then, per format, in a subprocess each:
 1. `read`: every record read and validated by sft.data.load.iter_records (what sft-prepare's main process does
    before tokenizing), wall seconds and peak RSS (process tree, sampled every 0.1 s, bench_prepare.run_prepare).
@@ -30,8 +32,9 @@ from typing import Any, Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import REPO, converted_model, measured_run, run_prepare, variant  # noqa: E402
 
-FORMATS = ("jsonl", "json", "parquet", "disk", "sharegpt")
+FORMATS = ("jsonl", "json", "csv", "parquet", "disk", "hub", "sharegpt")
 ROW_GROUP = 10_000
+HUB_SHARDS = 4  # the Parquet files of the Hub-style directory
 READ = """
 import sys
 from sft.config import DataConfig
@@ -62,12 +65,15 @@ def write_json_list(rows: Iterator[dict], path: Path) -> None:
         f.write("\n]\n")
 
 
-def write_parquet(rows: Iterator[dict], path: Path) -> None:
+def write_parquet(rows: Iterator[dict], path: Path, limit: int | None = None) -> None:
+    """Row groups of ROW_GROUP records; at most `limit` records when given (the rest stay in `rows`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     writer = None
-    while batch := list(itertools.islice(rows, ROW_GROUP)):
+    left = limit if limit is not None else float("inf")
+    while left > 0 and (batch := list(itertools.islice(rows, int(min(ROW_GROUP, left))))):
+        left -= len(batch)
         table = pa.Table.from_pylist(batch)
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table, row_group_size=ROW_GROUP)
@@ -85,6 +91,14 @@ def write_all(source: list[dict], n: int, work: Path, formats: list[str],
     if "json" in formats:
         write_json_list(alpaca(source, n, shuffle_words), work / "alpaca.json")
         out["json"] = (work / "alpaca.json", "alpaca")
+    if "csv" in formats:
+        import csv
+
+        with (work / "alpaca.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["instruction", "input", "output"])
+            writer.writeheader()
+            writer.writerows(alpaca(source, n, shuffle_words))
+        out["csv"] = (work / "alpaca.csv", "alpaca")
     if "parquet" in formats or "disk" in formats:
         write_parquet(alpaca(source, n, shuffle_words), work / "alpaca.parquet")
         out["parquet"] = (work / "alpaca.parquet", "alpaca")
@@ -94,6 +108,12 @@ def write_all(source: list[dict], n: int, work: Path, formats: list[str],
         ds = datasets.Dataset.from_parquet(str(work / "alpaca.parquet"), cache_dir=str(work / "hf-cache"))
         ds.save_to_disk(str(work / "alpaca_disk"))
         out["disk"] = (work / "alpaca_disk", "alpaca")
+    if "hub" in formats:  # the same records in HUB_SHARDS files, as `push_to_hub` lays them out
+        data, rows = work / "alpaca_hub" / "data", alpaca(source, n, shuffle_words)
+        data.mkdir(parents=True, exist_ok=True)
+        for i in range(HUB_SHARDS):
+            write_parquet(rows, data / f"train-{i:05d}-of-{HUB_SHARDS:05d}.parquet", -(-n // HUB_SHARDS))
+        out["hub"] = (work / "alpaca_hub", "alpaca")
     if "sharegpt" in formats:
         write_json_list(sharegpt(source, n, shuffle_words), work / "sharegpt.json")
         out["sharegpt"] = (work / "sharegpt.json", "sharegpt")

@@ -11,7 +11,6 @@ datasets.load_dataset, streaming unless data.streaming=false.
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 from pathlib import Path
@@ -67,7 +66,7 @@ def _jsonl_rows(p: Path, path: str) -> Iterator[tuple[str, Any]]:
     with p.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is not JSON
             except UnicodeDecodeError as e:
                 yield f"{path}:{lineno}", Malformed(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
                 continue
@@ -79,10 +78,23 @@ def _jsonl_rows(p: Path, path: str) -> Iterator[tuple[str, Any]]:
                 yield f"{path}:{lineno}", Malformed(f"malformed JSON line ({e.msg} at column {e.colno})")
 
 
+CSV_FIELD_LIMIT = 2**31 - 1  # csv's default (131,072 characters) is shorter than some answers
+
+
 def _csv_rows(p: Path, path: str) -> Iterator[tuple[str, Any]]:
-    reader = csv.DictReader(io.StringIO(_utf8_text(p, path), newline=""))
-    for i, row in enumerate(reader):
-        yield f"{path}:{reader.line_num}: row {i}", row
+    """Row by row, decoded as read; a UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the first
+    column's name."""
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    with p.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            for i, row in enumerate(reader):
+                yield f"{path}:{reader.line_num}: row {i}", row
+        except UnicodeDecodeError:
+            _utf8_text(p, path)  # raises, naming the line and column
+            raise
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
 
 
 def _utf8_text(p: Path, path: str) -> str:

@@ -35,6 +35,20 @@ def test_json_jsonl_csv_parquet_give_the_same_records(tmp_path):
         assert load_records(str(tmp_path / name), cfg()).records == EXPECTED, name
 
 
+def test_files_saved_with_a_byte_order_mark_and_csv_fields_over_csvs_limit_read_as_the_others(tmp_path):
+    """Excel's "CSV UTF-8" and some editors start the file with a BOM: it is not part of the first column's name
+    (which then went missing) nor of the first JSON line (which was malformed). An answer over the csv module's
+    default field limit (131,072 characters) is a record like any other."""
+    (tmp_path / "d.csv").write_text("instruction,input,output\r\na,b,c\r\nd,,e\r\n", encoding="utf-8-sig")
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in GOOD) + "\n", encoding="utf-8-sig")
+    for name in ("d.csv", "d.jsonl"):
+        assert load_records(str(tmp_path / name), cfg()).records == EXPECTED, name
+    long = "word " * 40_000  # 200,000 characters, quoted and over several lines
+    (tmp_path / "long.csv").write_text(f'instruction,output\nq,"{long}\nand more"\nd,e\n')
+    records = load_records(str(tmp_path / "long.csv"), cfg()).records
+    assert [r["output"] for r in records] == [f"{long}\nand more", "e"]
+
+
 def test_column_mapping_and_messages(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"q": "x", "a": "y"}) + "\n")
