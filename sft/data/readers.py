@@ -11,7 +11,6 @@ datasets.load_dataset, streaming unless data.streaming=false.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -174,18 +173,40 @@ def _load_dataset_rows(name: str, label: str, cfg: DataConfig) -> Iterator[tuple
         raise DataError(f"{label}: data.split={cfg.split!r}: a slice needs data.streaming=false (or take "
                         "data.max_records records)")
     try:
-        ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.split, streaming=cfg.streaming)
-        rows = iter(ds)
+        if cfg.streaming:  # what load_dataset(..., streaming=True) does, with the Parquet reader set lean first
+            builder = datasets.load_dataset_builder(name, cfg.hub_config)
+            lean_parquet(builder.config)
+            ds = builder.as_streaming_dataset(split=cfg.split)
+        else:
+            ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.split, streaming=False)
+        batches = iter(ds.with_format("arrow").iter(batch_size=BATCH))
     except Exception as e:  # offline, unknown name, unknown split: all the user's to fix
         raise DataError(f"{label} (split {cfg.split!r}): cannot load ({type(e).__name__}: {e})") from None
-    for i in itertools.count():
+    i = 0
+    while True:
         try:  # streamed, a download or a file fails mid-way
-            row = next(rows)
+            rows = next(batches).to_pylist()
         except StopIteration:
             return
         except Exception as e:
             raise DataError(f"{label}[{cfg.split}]: record {i}: cannot read ({type(e).__name__}: {e})") from None
-        yield f"{label}[{cfg.split}]: record {i}", row
+        for row in rows:
+            yield f"{label}[{cfg.split}]: record {i}", row
+            i += 1
+
+
+def lean_parquet(config: Any) -> None:
+    """datasets' Parquet reader (most Hub datasets, and local Parquet directories) scans with pyarrow's pre_buffer
+    and a whole row group per batch, and a row at a time costs more again: 1M records streamed from 4 Parquet files
+    held 0.72 GB read row by row with its defaults, 0.49 GB read as Arrow batches of 1,000 rows scanned without
+    pre-buffering (datasets 5.2, pyarrow 26; benchmarks/bench_formats.py --formats hub)."""
+    from datasets.packaged_modules.parquet.parquet import ParquetConfig
+
+    if isinstance(config, ParquetConfig):
+        import pyarrow.dataset as pds
+
+        config.fragment_scan_options = config.fragment_scan_options or pds.ParquetFragmentScanOptions(pre_buffer=False)
+        config.batch_size = config.batch_size or BATCH
 
 
 def local_files(path: str) -> list[Path]:

@@ -136,7 +136,8 @@ def test_a_json_list_that_is_not_utf8_is_named_by_line_and_column(tmp_path, monk
 
 
 def test_a_hub_dataset_streams_through_load_dataset(tmp_path, monkeypatch):
-    """A local Parquet directory loaded by datasets.load_dataset stands in for the Hub (nothing is downloaded)."""
+    """A local Parquet directory loaded by datasets stands in for the Hub (nothing is downloaded): streamed through
+    the builder load_dataset(streaming=True) uses, its Parquet reader set not to pre-buffer, 1,000 rows a batch."""
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -145,22 +146,46 @@ def test_a_hub_dataset_streams_through_load_dataset(tmp_path, monkeypatch):
     repo.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(ROWS[:4]), repo / "train-00000-of-00002.parquet")
     pq.write_table(pa.Table.from_pylist(ROWS[4:]), repo / "train-00001-of-00002.parquet")
-    real, seen = datasets.load_dataset, []
+    real_builder, real_load, seen = datasets.load_dataset_builder, datasets.load_dataset, []
+
+    def local(name):
+        return str(tmp_path / "org_alpaca") if name == "org/alpaca" else name
+
+    def hub_builder(name, config):
+        builder = real_builder(local(name), config)
+        seen.append((name, type(builder.config).__name__))
+        return builder
 
     def hub(name, config, split, streaming):
-        local = str(tmp_path / "org_alpaca") if name == "org/alpaca" else name
-        ds = real(local, config, split=split, streaming=streaming)
-        seen.append((name, type(ds).__name__))
-        return ds
+        seen.append((name, streaming))
+        return real_load(local(name), config, split=split, streaming=streaming)
 
+    monkeypatch.setattr(datasets, "load_dataset_builder", hub_builder)
     monkeypatch.setattr(datasets, "load_dataset", hub)
     assert load_records("org/alpaca", cfg()).records == EXPECTED
     assert load_records(str(tmp_path / "org_alpaca"), cfg()).records == EXPECTED  # a local directory of data files
-    assert seen == [("org/alpaca", "IterableDataset"), (str(tmp_path / "org_alpaca"), "IterableDataset")]
+    assert seen == [("org/alpaca", "ParquetConfig"), (str(tmp_path / "org_alpaca"), "ParquetConfig")]
     assert load_records("org/alpaca", cfg(streaming=False, split="train[:2]")).records == EXPECTED[:2]
+    assert seen[-1] == ("org/alpaca", False)
     found = LoadResult(records=[], source="x")
     first = next(iter_records("org/alpaca", cfg(), found))
-    assert first == EXPECTED[0] and seen[-1] == ("org/alpaca", "IterableDataset")
+    assert first == EXPECTED[0] and seen[-1] == ("org/alpaca", "ParquetConfig")
+
+
+def test_datasets_parquet_reader_is_set_lean_and_others_are_left_alone(tmp_path):
+    import datasets
+
+    from sft.data.readers import lean_parquet
+
+    (tmp_path / "p").mkdir()
+    datasets.Dataset.from_list(ROWS).to_parquet(str(tmp_path / "p" / "train.parquet"))
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    parquet, jsonl = (datasets.load_dataset_builder(str(tmp_path / d)).config for d in ("p", "j"))
+    lean_parquet(parquet)
+    lean_parquet(jsonl)
+    assert parquet.fragment_scan_options.pre_buffer is False and parquet.batch_size == 1000
+    assert type(jsonl).__name__ == "JsonConfig" and not hasattr(jsonl, "fragment_scan_options")
 
 
 def test_sharegpt_in_every_container(tmp_path):
