@@ -110,6 +110,13 @@ def data_keys_set_by_user() -> set[str]:
 @hydra.main(config_path=CONFIG_PATH, config_name="prepare", version_base="1.3")
 def prepare_main(cfg: DictConfig) -> None:
     quiet_libraries(bool(cfg.get("debug", False)))  # before the stage imports its libraries
+    import os
+
+    # Arrow's buffers from malloc, not its default mimalloc pool, which keeps the pages a reader has freed:
+    # streaming 1M records from a Hub-style Parquet directory, the main process held 60 MB less (reading alone,
+    # 305 -> 244 MB; the whole preparation's peak, 1,020 -> 972 MB). Before pyarrow is imported; the workers
+    # inherit it; a user's own choice stands.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     from sft import data
 
     run_command(data.run, cfg)
