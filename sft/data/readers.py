@@ -173,13 +173,14 @@ def _load_dataset_rows(name: str, label: str, cfg: DataConfig) -> Iterator[tuple
         raise DataError(f"{label}: data.split={cfg.split!r}: a slice needs data.streaming=false (or take "
                         "data.max_records records)")
     try:
-        if cfg.streaming:  # what load_dataset(..., streaming=True) does, with the Parquet reader set lean first
+        if cfg.streaming:  # what load_dataset(..., streaming=True) does, Parquet files read by sft's own reader
             builder = datasets.load_dataset_builder(name, cfg.hub_config)
-            lean_parquet(builder.config)
-            ds = builder.as_streaming_dataset(split=cfg.split)
+            files = parquet_files(builder, cfg.split)
+            batches = (_parquet_file_batches(files, builder) if files is not None else
+                       iter(builder.as_streaming_dataset(split=cfg.split).with_format("arrow").iter(batch_size=BATCH)))
         else:
             ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.split, streaming=False)
-        batches = iter(ds.with_format("arrow").iter(batch_size=BATCH))
+            batches = iter(ds.with_format("arrow").iter(batch_size=BATCH))
     except Exception as e:  # offline, unknown name, unknown split: all the user's to fix
         raise DataError(f"{label} (split {cfg.split!r}): cannot load ({type(e).__name__}: {e})") from None
     i = 0
@@ -195,18 +196,32 @@ def _load_dataset_rows(name: str, label: str, cfg: DataConfig) -> Iterator[tuple
             i += 1
 
 
-def lean_parquet(config: Any) -> None:
-    """datasets' Parquet reader (most Hub datasets, and local Parquet directories) scans with pyarrow's pre_buffer
-    and a whole row group per batch, and a row at a time costs more again: 1M records streamed from 4 Parquet files
-    held 0.72 GB read row by row with its defaults, 0.49 GB read as Arrow batches of 1,000 rows scanned without
-    pre-buffering (datasets 5.2, pyarrow 26; benchmarks/bench_formats.py --formats hub)."""
+def parquet_files(builder: Any, split: str) -> list[str] | None:
+    """The data files of a split that datasets' Parquet builder would stream (most Hub datasets, and local
+    directories of Parquet files), as it resolved them; None for other builders. sft reads them itself, as it
+    reads a .parquet file: through datasets' own streaming (1M records from 4 Parquet files, datasets 5.2, pyarrow
+    26), the main process of sft-prepare held about 150 MB more than with this reader, 0.75 GB reading alone row by
+    row, 0.49 GB as Arrow batches of 1,000 rows scanned without pre-buffering."""
     from datasets.packaged_modules.parquet.parquet import ParquetConfig
 
-    if isinstance(config, ParquetConfig):
-        import pyarrow.dataset as pds
+    config = builder.config
+    if not isinstance(config, ParquetConfig) or config.filters is not None or config.columns is not None:
+        return None
+    files = (config.data_files or {}).get(split)
+    return list(files) if files else None
 
-        config.fragment_scan_options = config.fragment_scan_options or pds.ParquetFragmentScanOptions(pre_buffer=False)
-        config.batch_size = config.batch_size or BATCH
+
+def _parquet_file_batches(files: list[str], builder: Any) -> Iterator[Any]:
+    """Record batches of the files in order, a row group at a time; opened as datasets opens them when streaming
+    (local paths, and hf:// and other fsspec URLs with the builder's token and storage options)."""
+    import pyarrow.parquet as pq
+    from datasets import DownloadConfig
+    from datasets.utils.file_utils import xopen
+
+    download = DownloadConfig(token=builder.token, storage_options=builder.storage_options)
+    for file in files:
+        with xopen(file, "rb", download_config=download) as f:
+            yield from pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=BATCH)
 
 
 def local_files(path: str) -> list[Path]:

@@ -137,7 +137,7 @@ def test_a_json_list_that_is_not_utf8_is_named_by_line_and_column(tmp_path, monk
 
 def test_a_hub_dataset_streams_through_load_dataset(tmp_path, monkeypatch):
     """A local Parquet directory loaded by datasets stands in for the Hub (nothing is downloaded): streamed through
-    the builder load_dataset(streaming=True) uses, its Parquet reader set not to pre-buffer, 1,000 rows a batch."""
+    the builder load_dataset(streaming=True) uses, its Parquet files read a row group at a time."""
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -172,20 +172,41 @@ def test_a_hub_dataset_streams_through_load_dataset(tmp_path, monkeypatch):
     assert first == EXPECTED[0] and seen[-1] == ("org/alpaca", "ParquetConfig")
 
 
-def test_datasets_parquet_reader_is_set_lean_and_others_are_left_alone(tmp_path):
+def test_parquet_data_files_are_read_by_sfts_reader_as_datasets_resolves_them(tmp_path, monkeypatch):
+    """A Parquet dataset's files, as datasets resolved them for the split, are read with sft's own reader (opened
+    through datasets' xopen: an fsspec URL here, as hf:// URLs are on the Hub); another builder streams through
+    datasets itself."""
     import datasets
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from sft.data.readers import lean_parquet
+    from sft.data import readers
 
-    (tmp_path / "p").mkdir()
-    datasets.Dataset.from_list(ROWS).to_parquet(str(tmp_path / "p" / "train.parquet"))
+    memory = fsspec.filesystem("memory")
+    for i, part in enumerate((ROWS[:3], ROWS[3:])):
+        with memory.open(f"/org_remote/data/train-{i:05d}-of-00002.parquet", "wb") as f:
+            pq.write_table(pa.Table.from_pylist(part), f)
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    parquet, jsonl = (datasets.load_dataset_builder(str(tmp_path / d)).config for d in ("p", "j"))
-    lean_parquet(parquet)
-    lean_parquet(jsonl)
-    assert parquet.fragment_scan_options.pre_buffer is False and parquet.batch_size == 1000
-    assert type(jsonl).__name__ == "JsonConfig" and not hasattr(jsonl, "fragment_scan_options")
+    real_builder, opened = datasets.load_dataset_builder, []
+
+    def hub_builder(name, config):
+        if name == "org/remote":
+            return real_builder("parquet", data_files={"train": "memory://org_remote/data/*.parquet"})
+        return real_builder(name, config)
+
+    def parquet_file_batches(files, builder):
+        opened.append(files)
+        return real_batches(files, builder)
+
+    real_batches = readers._parquet_file_batches
+    monkeypatch.setattr(datasets, "load_dataset_builder", hub_builder)
+    monkeypatch.setattr(readers, "_parquet_file_batches", parquet_file_batches)
+    assert load_records("org/remote", cfg()).records == EXPECTED
+    assert [[f.rsplit("/", 1)[-1] for f in files] for files in opened] == [
+        ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]]
+    assert load_records(str(tmp_path / "j"), cfg()).records == EXPECTED and len(opened) == 1  # JSON: datasets'
 
 
 def test_sharegpt_in_every_container(tmp_path):
