@@ -65,15 +65,12 @@ def write_json_list(rows: Iterator[dict], path: Path) -> None:
         f.write("\n]\n")
 
 
-def write_parquet(rows: Iterator[dict], path: Path, limit: int | None = None) -> None:
-    """Row groups of ROW_GROUP records; at most `limit` records when given (the rest stay in `rows`)."""
+def write_parquet(rows: Iterator[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     writer = None
-    left = limit if limit is not None else float("inf")
-    while left > 0 and (batch := list(itertools.islice(rows, int(min(ROW_GROUP, left))))):
-        left -= len(batch)
+    while batch := list(itertools.islice(rows, ROW_GROUP)):
         table = pa.Table.from_pylist(batch)
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table, row_group_size=ROW_GROUP)
@@ -112,7 +109,8 @@ def write_all(source: list[dict], n: int, work: Path, formats: list[str],
         data, rows = work / "alpaca_hub" / "data", alpaca(source, n, shuffle_words)
         data.mkdir(parents=True, exist_ok=True)
         for i in range(HUB_SHARDS):
-            write_parquet(rows, data / f"train-{i:05d}-of-{HUB_SHARDS:05d}.parquet", -(-n // HUB_SHARDS))
+            shard = data / f"train-{i:05d}-of-{HUB_SHARDS:05d}.parquet"
+            write_parquet(itertools.islice(rows, -(-n // HUB_SHARDS)), shard)
         out["hub"] = (work / "alpaca_hub", "alpaca")
     if "sharegpt" in formats:
         write_json_list(sharegpt(source, n, shuffle_words), work / "sharegpt.json")

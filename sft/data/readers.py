@@ -108,15 +108,19 @@ def _utf8_text(p: Path, path: str) -> str:
 
 
 def _parquet_rows(p: Path, path: str) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
     try:  # pyarrow raises several types for a damaged file, on opening or on reading a row group
-        # pre_buffer=False: with pyarrow's default, iter_batches keeps the column chunks it has read (0.5 GB for a
-        # 470 MB file of 100 row groups at its end, pyarrow 26); without it, one row group at a time (10 MB)
-        batches = pq.ParquetFile(p, pre_buffer=False).iter_batches(batch_size=BATCH)
-        yield from _batch_rows(batches, path, f"{path}: record")
+        yield from _batch_rows(_parquet_batches(p), path, f"{path}: record")
     except (OSError, ValueError, TypeError) as e:
         raise DataError(f"{path}: cannot read parquet ({e})") from None
+
+
+def _parquet_batches(source: Any) -> Iterator[Any]:
+    """A Parquet file's (a path or an open file) record batches of BATCH rows, one row group in memory at a time.
+    pre_buffer=False: with pyarrow's default, iter_batches keeps the column chunks it has read (0.5 GB for a 470 MB
+    file of 100 row groups at its end, pyarrow 26); without it, one row group at a time (10 MB)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(source, pre_buffer=False).iter_batches(batch_size=BATCH)
 
 
 def _batch_rows(batches: Iterable[Any], path: str, label: str) -> Iterator[tuple[str, Any]]:
@@ -214,14 +218,13 @@ def parquet_files(builder: Any, split: str) -> list[str] | None:
 def _parquet_file_batches(files: list[str], builder: Any) -> Iterator[Any]:
     """Record batches of the files in order, a row group at a time; opened as datasets opens them when streaming
     (local paths, and hf:// and other fsspec URLs with the builder's token and storage options)."""
-    import pyarrow.parquet as pq
     from datasets import DownloadConfig
     from datasets.utils.file_utils import xopen
 
     download = DownloadConfig(token=builder.token, storage_options=builder.storage_options)
     for file in files:
         with xopen(file, "rb", download_config=download) as f:
-            yield from pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=BATCH)
+            yield from _parquet_batches(f)
 
 
 def local_files(path: str) -> list[Path]:
